@@ -1,0 +1,110 @@
+//! What the BPF maps should contain, in plain Rust terms: the output of the pure translation
+//! (`translate`) and the input of the map writer (`bpf::writer`). No ids, no byte orders: the
+//! writer owns those.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// IP protocols a Service port can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as used in the maps.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => dataplane_common::PROTO_TCP,
+            Protocol::Udp => dataplane_common::PROTO_UDP,
+            Protocol::Sctp => dataplane_common::PROTO_SCTP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            dataplane_common::PROTO_TCP => Some(Protocol::Tcp),
+            dataplane_common::PROTO_UDP => Some(Protocol::Udp),
+            dataplane_common::PROTO_SCTP => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// Kubernetes spelling ("TCP", "UDP", "SCTP").
+    pub fn as_k8s(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// Parse the Kubernetes spelling; `None` (field absent) means TCP, as the API defaults it.
+    pub fn from_k8s(s: Option<&str>) -> Option<Self> {
+        match s {
+            None | Some("TCP") => Some(Protocol::Tcp),
+            Some("UDP") => Some(Protocol::Udp),
+            Some("SCTP") => Some(Protocol::Sctp),
+            Some(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_k8s())
+    }
+}
+
+/// An address:port/protocol a client connects to (ClusterIP:port, later NodePort, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+/// An endpoint address with its resolved target port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendAddr {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+/// Which Service port a frontend belongs to (for logs, metrics and `trace`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortRef {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's name ("" when the port is unnamed).
+    pub port_name: String,
+}
+
+impl fmt::Display for ServicePortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port_name.is_empty() {
+            write!(f, "{}/{}", self.namespace, self.name)
+        } else {
+            write!(f, "{}/{}:{}", self.namespace, self.name, self.port_name)
+        }
+    }
+}
+
+/// One frontend's programmed state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendEntry {
+    pub service: ServicePortRef,
+    /// Backends new connections are spread over: sorted, without duplicates. Empty means the
+    /// service port exists but has no usable endpoint.
+    pub backends: Vec<BackendAddr>,
+}
+
+/// Everything the service maps should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub frontends: BTreeMap<Frontend, FrontendEntry>,
+}
