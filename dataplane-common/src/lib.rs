@@ -113,6 +113,15 @@ pub struct CtValue {
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 56);
 
+/// Per-CPU scratch space of the datapath: structs too large for the 512-byte BPF stack are
+/// built here. Not shared with user space beyond its size.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Scratch {
+    pub key: CtKey,
+    pub value: CtValue,
+}
+
 /// Service master-entry flags (reserved for later issues: traffic policies, affinity, maglev).
 pub const SVC_F_NONE: u16 = 0;
 
@@ -161,4 +170,5 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for Scratch {}
 }

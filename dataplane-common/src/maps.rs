@@ -11,6 +11,9 @@ pub const CONNTRACK: &str = "SK_CT_V1";
 /// Per-CPU packet counters indexed by `Reason`.
 pub const STATS: &str = "SK_STATS_V1";
 
+/// Per-CPU scratch space (one `Scratch`).
+pub const SCRATCH: &str = "SK_SCRATCH_V1";
+
 pub const SERVICES_MAX: u32 = 65_536;
 pub const BACKENDS_MAX: u32 = 262_144;
 pub const CONNTRACK_MAX: u32 = 131_072;

@@ -1,0 +1,81 @@
+//! The one owner of the BPF maps on the user side: typed handles, reading them back, and the
+//! counters.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+};
+use dataplane_common::{
+    Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
+    maps::{BACKENDS, CONNTRACK, SERVICES, STATS},
+};
+
+use super::object::LoadError;
+
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::Map {
+        name,
+        reason: "missing from the eBPF object".into(),
+    })
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, LoadError> {
+    T::try_from(map).map_err(|e| LoadError::Map {
+        name,
+        reason: e.to_string(),
+    })
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        Ok(Maps {
+            services: typed(SERVICES, take(ebpf, SERVICES)?)?,
+            backends: typed(BACKENDS, take(ebpf, BACKENDS)?)?,
+            conntrack: typed(CONNTRACK, take(ebpf, CONNTRACK)?)?,
+            stats: typed(STATS, take(ebpf, STATS)?)?,
+        })
+    }
+
+    pub fn read_services(&self) -> Result<BTreeMap<ServiceKey, ServiceValue>, MapError> {
+        self.services.iter().collect()
+    }
+
+    pub fn read_backends(&self) -> Result<BTreeMap<u32, Backend>, MapError> {
+        self.backends.iter().collect()
+    }
+
+    /// Packets counted per reason, summed over CPUs.
+    pub fn stats(&self) -> Result<BTreeMap<Reason, u64>, MapError> {
+        let mut out = BTreeMap::new();
+        for r in Reason::ALL {
+            let per_cpu = self.stats.get(&r.index(), 0)?;
+            out.insert(r, per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapError> {
+        self.conntrack.iter().collect()
+    }
+
+    /// Forget every tracked connection (used by `trace`, whose flows start from fresh state).
+    pub fn clear_conntrack(&mut self) -> Result<(), MapError> {
+        let keys: Vec<CtKey> = self.conntrack.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            match self.conntrack.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! Everything that touches the kernel's BPF side: the embedded object, the maps (one owner),
+//! the writer that applies desired state as a diff, attachment, and test runs.
+
+pub mod abi;
+pub mod attach;
+pub mod maps;
+pub mod object;
+pub mod testrun;
+pub mod writer;
+
+pub use object::Datapath;

@@ -1,0 +1,97 @@
+//! The embedded eBPF object and loading it into the kernel.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, Xdp},
+};
+use thiserror::Error;
+
+use super::maps::Maps;
+
+/// The eBPF object built by build.rs from `dataplane-ebpf` (empty with AYA_BUILD_SKIP).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skiff"));
+
+/// TC ingress on the host side of pods' veths.
+pub const PROG_TC_POD: &str = "skiff_tc_pod";
+/// XDP on the node's external interfaces.
+pub const PROG_XDP_EXT: &str = "skiff_xdp_ext";
+pub const PROGRAMS: [&str; 2] = [PROG_TC_POD, PROG_XDP_EXT];
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("this binary was built with AYA_BUILD_SKIP: it has no eBPF object (run `cargo xtask build`)")]
+    NoObject,
+    #[error("loading the eBPF object: {0} (skiff needs root or CAP_BPF+CAP_NET_ADMIN)")]
+    Object(#[from] aya::EbpfError),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {reason}")]
+    Map { name: &'static str, reason: String },
+}
+
+/// The loaded programs and their maps.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+impl Datapath {
+    /// Load the object and have the verifier check every program (nothing is attached).
+    pub fn load() -> Result<Self, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        for name in PROGRAMS {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram(name))?;
+            let res = match prog {
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                aya::programs::Program::Xdp(p) => p.load(),
+                _ => return Err(LoadError::MissingProgram(name)),
+            };
+            res.map_err(|source| LoadError::Program { name, source })?;
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Datapath { ebpf, maps })
+    }
+
+    pub fn tc_pod(&mut self) -> &mut SchedClassifier {
+        match self.ebpf.program_mut(PROG_TC_POD) {
+            Some(aya::programs::Program::SchedClassifier(p)) => p,
+            _ => unreachable!("checked at load"),
+        }
+    }
+
+    pub fn xdp_ext(&mut self) -> &mut Xdp {
+        match self.ebpf.program_mut(PROG_XDP_EXT) {
+            Some(aya::programs::Program::Xdp(p)) => p,
+            _ => unreachable!("checked at load"),
+        }
+    }
+
+    /// Instructions the verifier processed for each program (kernel >= 5.16).
+    pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
+        PROGRAMS
+            .iter()
+            .map(|&name| {
+                let count = self.ebpf.program(name).and_then(|p| {
+                    let info = match p {
+                        aya::programs::Program::SchedClassifier(p) => p.info().ok(),
+                        aya::programs::Program::Xdp(p) => p.info().ok(),
+                        _ => None,
+                    };
+                    info.and_then(|i| i.verified_instruction_count())
+                });
+                (name, count)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,370 @@
+//! The one map writer: renders the desired state into map contents, diffs them against what
+//! the maps hold, and applies only the difference, in an order that never lets the datapath
+//! see a slot pointing at a backend that is not there yet or a count larger than its slots.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use aya::maps::MapError;
+use dataplane_common::{Backend, SVC_F_NONE, ServiceKey, ServiceValue};
+use thiserror::Error;
+
+use super::{abi, maps::Maps};
+use crate::desired::DesiredState;
+
+/// What the service maps hold (or should hold).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: BTreeMap<u32, Backend>,
+}
+
+/// One map operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, Backend),
+    PutService(ServiceKey, ServiceValue),
+    DelService(ServiceKey),
+    DelBackend(u32),
+}
+
+/// Render the desired state into map contents. Backend ids are kept from `current` for
+/// backends that stay, and new ones take the lowest id not in use in `current` (so an id is
+/// never reused while an old slot could still point at it).
+pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
+    let existing: HashMap<Backend, u32> = current.backends.iter().map(|(id, be)| (*be, *id)).collect();
+    let used: BTreeSet<u32> = current.backends.keys().copied().collect();
+    let mut next_id = 1u32;
+    let mut out = MapContents::default();
+    let mut assigned: HashMap<Backend, u32> = HashMap::new();
+
+    for (fe, entry) in &desired.frontends {
+        let count = u16::try_from(entry.backends.len()).unwrap_or(u16::MAX);
+        out.services.insert(
+            abi::service_key(fe, 0),
+            ServiceValue {
+                backend_id: 0,
+                count,
+                flags: SVC_F_NONE,
+            },
+        );
+        for (i, be) in entry.backends.iter().take(count as usize).enumerate() {
+            let be = abi::backend(be);
+            let id = *assigned.entry(be).or_insert_with(|| {
+                existing.get(&be).copied().unwrap_or_else(|| {
+                    while used.contains(&next_id) {
+                        next_id += 1;
+                    }
+                    next_id += 1;
+                    next_id - 1
+                })
+            });
+            out.backends.insert(id, be);
+            out.services.insert(
+                abi::service_key(fe, i as u16 + 1),
+                ServiceValue {
+                    backend_id: id,
+                    count: 0,
+                    flags: SVC_F_NONE,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The operations that turn `current` into `desired`, ordered so that every intermediate
+/// state is consistent for the datapath:
+/// 1. new backends, 2. backend slots, 3. master entries (counts), 4. removed masters,
+/// 5. removed slots, 6. backends nothing points at any more.
+pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (id, be) in &desired.backends {
+        if current.backends.get(id) != Some(be) {
+            ops.push(Op::PutBackend(*id, *be));
+        }
+    }
+    let changed = desired
+        .services
+        .iter()
+        .filter(|(k, v)| current.services.get(k) != Some(v));
+    let (masters, slots): (Vec<_>, Vec<_>) = changed.partition(|(k, _)| k.slot == 0);
+    ops.extend(slots.into_iter().map(|(k, v)| Op::PutService(*k, *v)));
+    ops.extend(masters.into_iter().map(|(k, v)| Op::PutService(*k, *v)));
+    let gone = current
+        .services
+        .keys()
+        .filter(|k| !desired.services.contains_key(k));
+    let (masters, slots): (Vec<&ServiceKey>, Vec<&ServiceKey>) = gone.partition(|k| k.slot == 0);
+    ops.extend(masters.into_iter().map(|k| Op::DelService(*k)));
+    ops.extend(slots.into_iter().map(|k| Op::DelService(*k)));
+    for id in current.backends.keys() {
+        if !desired.backends.contains_key(id) {
+            ops.push(Op::DelBackend(*id));
+        }
+    }
+    ops
+}
+
+#[derive(Debug, Error)]
+pub enum WriteError {
+    #[error("reading the maps: {0}")]
+    Read(#[source] MapError),
+    #[error(
+        "applying {op:?} failed after {applied} of {total} changes ({source}); \
+         the maps keep a consistent mix of old and new state and the next sync retries"
+    )]
+    Apply {
+        op: Op,
+        applied: usize,
+        total: usize,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub ops: usize,
+    pub services: usize,
+    pub backends: usize,
+    pub duration: Duration,
+}
+
+/// Holds a mirror of what the maps contain, so a sync costs a diff, not a map read.
+pub struct Writer {
+    current: MapContents,
+}
+
+impl Writer {
+    /// Start from what the maps hold now (empty on a fresh load, kept state after a restart).
+    pub fn new(maps: &Maps) -> Result<Self, WriteError> {
+        Ok(Writer {
+            current: MapContents {
+                services: maps.read_services().map_err(WriteError::Read)?,
+                backends: maps.read_backends().map_err(WriteError::Read)?,
+            },
+        })
+    }
+
+    pub fn current(&self) -> &MapContents {
+        &self.current
+    }
+
+    /// Make the maps hold `desired`, touching only entries that differ.
+    pub fn sync(&mut self, maps: &mut Maps, desired: &DesiredState) -> Result<SyncReport, WriteError> {
+        let start = Instant::now();
+        let target = render(desired, &self.current);
+        let ops = plan(&self.current, &target);
+        let total = ops.len();
+        for (applied, op) in ops.into_iter().enumerate() {
+            let res = match &op {
+                Op::PutBackend(id, be) => maps.backends.insert(id, be, 0),
+                Op::PutService(k, v) => maps.services.insert(k, v, 0),
+                Op::DelService(k) => ignore_missing(maps.services.remove(k)),
+                Op::DelBackend(id) => ignore_missing(maps.backends.remove(id)),
+            };
+            if let Err(source) = res {
+                return Err(WriteError::Apply {
+                    op,
+                    applied,
+                    total,
+                    source,
+                });
+            }
+            self.record(op);
+        }
+        Ok(SyncReport {
+            ops: total,
+            services: self.current.services.len(),
+            backends: self.current.backends.len(),
+            duration: start.elapsed(),
+        })
+    }
+
+    fn record(&mut self, op: Op) {
+        match op {
+            Op::PutBackend(id, be) => {
+                self.current.backends.insert(id, be);
+            }
+            Op::PutService(k, v) => {
+                self.current.services.insert(k, v);
+            }
+            Op::DelService(k) => {
+                self.current.services.remove(&k);
+            }
+            Op::DelBackend(id) => {
+                self.current.backends.remove(&id);
+            }
+        }
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{BackendAddr, Frontend, FrontendEntry, Protocol, ServicePortRef};
+
+    fn fe(ip: &str, port: u16) -> Frontend {
+        Frontend {
+            addr: ip.parse().unwrap(),
+            port,
+            proto: Protocol::Tcp,
+        }
+    }
+
+    fn be(ip: &str, port: u16) -> BackendAddr {
+        BackendAddr {
+            addr: ip.parse().unwrap(),
+            port,
+            proto: Protocol::Tcp,
+        }
+    }
+
+    fn state(entries: &[(Frontend, Vec<BackendAddr>)]) -> DesiredState {
+        let mut s = DesiredState::default();
+        for (f, bes) in entries {
+            s.frontends.insert(
+                *f,
+                FrontendEntry {
+                    service: ServicePortRef {
+                        namespace: "ns".into(),
+                        name: format!("svc{}", f.port),
+                        port_name: String::new(),
+                    },
+                    backends: bes.clone(),
+                },
+            );
+        }
+        s
+    }
+
+    fn apply(current: &mut MapContents, ops: &[Op]) {
+        for op in ops {
+            match op {
+                Op::PutBackend(id, b) => {
+                    current.backends.insert(*id, *b);
+                }
+                Op::PutService(k, v) => {
+                    current.services.insert(*k, *v);
+                }
+                Op::DelService(k) => {
+                    current.services.remove(k);
+                }
+                Op::DelBackend(id) => {
+                    current.backends.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Every prefix of the plan leaves the maps consistent: each master's slots exist and
+    /// every slot's backend exists.
+    fn assert_consistent_at_every_step(start: &MapContents, ops: &[Op]) {
+        let mut m = start.clone();
+        for i in 0..=ops.len() {
+            for (k, v) in m.services.iter().filter(|(k, _)| k.slot == 0) {
+                for slot in 1..=v.count {
+                    let sk = ServiceKey { slot, ..*k };
+                    let s = m.services.get(&sk).unwrap_or_else(|| panic!("step {i}: missing slot {slot}"));
+                    assert!(m.backends.contains_key(&s.backend_id), "step {i}: dangling backend");
+                }
+            }
+            if i < ops.len() {
+                apply(&mut m, &ops[i..=i]);
+            }
+        }
+    }
+
+    #[test]
+    fn unchanged_state_needs_no_operations() {
+        let d = state(&[(fe("10.96.0.1", 80), vec![be("10.0.0.1", 8080), be("10.0.0.2", 8080)])]);
+        let first = render(&d, &MapContents::default());
+        assert_eq!(first.services.len(), 3);
+        assert_eq!(first.backends.len(), 2);
+        assert!(plan(&first, &render(&d, &first)).is_empty());
+    }
+
+    #[test]
+    fn adding_a_service_touches_only_its_entries() {
+        let a = (fe("10.96.0.1", 80), vec![be("10.0.0.1", 8080)]);
+        let b = (fe("10.96.0.2", 80), vec![be("10.0.0.2", 8080), be("10.0.0.3", 8080)]);
+        let cur = render(&state(&[a.clone()]), &MapContents::default());
+        let next = render(&state(&[a, b]), &cur);
+        let ops = plan(&cur, &next);
+        // two backends, two slots, one master; nothing of service a is rewritten
+        assert_eq!(ops.len(), 5, "{ops:?}");
+        assert!(ops.iter().all(|op| match op {
+            Op::PutService(k, _) => k.addr[15] == 2,
+            Op::PutBackend(..) => true,
+            _ => false,
+        }));
+        assert_consistent_at_every_step(&cur, &ops);
+    }
+
+    #[test]
+    fn shrinking_and_removing_stay_consistent_and_free_backends_last() {
+        let s1 = fe("10.96.0.1", 80);
+        let s2 = fe("10.96.0.2", 80);
+        let cur = render(
+            &state(&[
+                (s1, vec![be("10.0.0.1", 1), be("10.0.0.2", 1), be("10.0.0.3", 1)]),
+                (s2, vec![be("10.0.0.9", 1)]),
+            ]),
+            &MapContents::default(),
+        );
+        let next = render(&state(&[(s1, vec![be("10.0.0.2", 1)])]), &cur);
+        let ops = plan(&cur, &next);
+        assert_consistent_at_every_step(&cur, &ops);
+        let mut m = cur.clone();
+        apply(&mut m, &ops);
+        assert_eq!(m, next);
+        assert!(matches!(ops.last(), Some(Op::DelBackend(_))));
+        // The surviving backend kept its id.
+        let id_of = |c: &MapContents, b: &BackendAddr| {
+            c.backends.iter().find(|(_, v)| **v == abi::backend(b)).map(|(id, _)| *id)
+        };
+        assert_eq!(id_of(&cur, &be("10.0.0.2", 1)), id_of(&next, &be("10.0.0.2", 1)));
+    }
+
+    #[test]
+    fn new_backends_never_reuse_an_id_still_in_the_maps() {
+        let s = fe("10.96.0.1", 80);
+        let cur = render(&state(&[(s, vec![be("10.0.0.1", 1), be("10.0.0.2", 1)])]), &MapContents::default());
+        let next = render(&state(&[(s, vec![be("10.0.0.2", 1), be("10.0.0.7", 1)])]), &cur);
+        let old_ids: BTreeSet<u32> = cur.backends.keys().copied().collect();
+        let new_id = next
+            .backends
+            .iter()
+            .find(|(_, b)| **b == abi::backend(&be("10.0.0.7", 1)))
+            .map(|(id, _)| *id)
+            .unwrap();
+        assert!(!old_ids.contains(&new_id));
+        assert_consistent_at_every_step(&cur, &plan(&cur, &next));
+    }
+
+    #[test]
+    fn service_without_endpoints_has_a_master_with_count_zero() {
+        let d = state(&[(fe("10.96.0.1", 80), vec![])]);
+        let m = render(&d, &MapContents::default());
+        assert_eq!(m.services.len(), 1);
+        assert_eq!(m.services.values().next().unwrap().count, 0);
+        assert!(m.backends.is_empty());
+    }
+
+    #[test]
+    fn a_backend_shared_by_two_frontends_has_one_id() {
+        let b = be("10.0.0.1", 8080);
+        let d = state(&[(fe("10.96.0.1", 80), vec![b]), (fe("10.96.0.2", 80), vec![b])]);
+        let m = render(&d, &MapContents::default());
+        assert_eq!(m.backends.len(), 1);
+    }
+}

@@ -1,0 +1,128 @@
+//! Connection tracking: one LRU entry per direction of every translated connection, with
+//! per-state idle timeouts so closed and idle connections stop pinning their backend.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use dataplane_common::{
+    Backend, CT_F_DNAT, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, CT_TIMEOUT_OTHER_NS,
+    CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_ESTABLISHED_NS, CT_TIMEOUT_TCP_OPENING_NS, CtKey,
+    CtValue, PROTO_TCP, TCP_S_ESTABLISHED, TCP_S_FIN, TCP_S_RST, TCP_S_SYN,
+};
+
+use crate::{
+    maps::{CONNTRACK, SCRATCH},
+    parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+#[inline(always)]
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn key(src: [u8; 16], dst: [u8; 16], sport_be: u16, dport_be: u16, proto: u8) -> CtKey {
+    CtKey {
+        src,
+        dst,
+        sport_be,
+        dport_be,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn state_bits(flow: &Flow) -> u8 {
+    if flow.proto != PROTO_TCP {
+        return 0;
+    }
+    let f = flow.tcp_flags;
+    let mut s = 0;
+    if f & TCP_SYN != 0 {
+        s |= TCP_S_SYN;
+    }
+    if f & TCP_FIN != 0 {
+        s |= TCP_S_FIN;
+    }
+    if f & TCP_RST != 0 {
+        s |= TCP_S_RST;
+    }
+    if f & TCP_ACK != 0 && f & (TCP_SYN | TCP_RST) == 0 {
+        s |= TCP_S_ESTABLISHED;
+    }
+    s
+}
+
+#[inline(always)]
+fn timeout(proto: u8, state: u8) -> u64 {
+    if proto != PROTO_TCP {
+        CT_TIMEOUT_OTHER_NS
+    } else if state & (TCP_S_FIN | TCP_S_RST) != 0 {
+        CT_TIMEOUT_TCP_CLOSING_NS
+    } else if state & TCP_S_ESTABLISHED != 0 {
+        CT_TIMEOUT_TCP_ESTABLISHED_NS
+    } else {
+        CT_TIMEOUT_TCP_OPENING_NS
+    }
+}
+
+/// The live entry for this packet's direction, refreshed; `None` when there is none, it has
+/// expired, or a TCP SYN reopens a closed tuple (a new connection on a reused port).
+#[inline(always)]
+pub fn lookup(flow: &Flow, now: u64) -> Option<&CtValue> {
+    let k = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
+    let p = CONNTRACK.get_ptr_mut(&k)?;
+    // Racing writers on other CPUs can only refresh the same fields with similar values.
+    let v = unsafe { &mut *p };
+    if now.saturating_sub(v.last_seen_ns) > timeout(flow.proto, v.tcp_state) {
+        return None;
+    }
+    let bits = state_bits(flow);
+    if bits & TCP_S_SYN != 0
+        && flow.tcp_flags & TCP_ACK == 0
+        && v.tcp_state & (TCP_S_FIN | TCP_S_RST) != 0
+    {
+        return None;
+    }
+    let state = v.tcp_state | bits;
+    if state != v.tcp_state || now.saturating_sub(v.last_seen_ns) > CT_REFRESH_NS {
+        v.tcp_state = state;
+        v.last_seen_ns = now;
+    }
+    Some(v)
+}
+
+/// Track a new connection from `flow`'s client to `be`: the original direction translates the
+/// destination to the backend, the reply direction translates the source back.
+// Keys and values are built in the per-CPU scratch map: together they exceed what the BPF
+// stack has left at this depth.
+#[inline(always)]
+pub fn create(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Result<(), ()> {
+    let s = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    let s = unsafe { &mut *s };
+    s.key = key(be.addr, flow.src, be.port_be, flow.sport_be, flow.proto);
+    s.value = CtValue {
+        nat_src: flow.dst,
+        nat_dst: [0; 16],
+        nat_sport_be: flow.dport_be,
+        nat_dport_be: 0,
+        backend_id,
+        last_seen_ns: now,
+        flags: CT_F_REPLY | CT_F_SNAT,
+        tcp_state: 0,
+        _pad: [0; 6],
+    };
+    CONNTRACK.insert(&s.key, &s.value, 0).map_err(|_| ())?;
+    s.key = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
+    s.value = CtValue {
+        nat_src: [0; 16],
+        nat_dst: be.addr,
+        nat_sport_be: 0,
+        nat_dport_be: be.port_be,
+        backend_id,
+        last_seen_ns: now,
+        flags: CT_F_DNAT,
+        tcp_state: state_bits(flow),
+        _pad: [0; 6],
+    };
+    CONNTRACK.insert(&s.key, &s.value, 0).map_err(|_| ())
+}

@@ -1,0 +1,176 @@
+//! One packet abstraction for TC and XDP. The pipeline (parse, conntrack, NAT) is written
+//! against `Packet`; TC uses the kernel's checksum helpers (they know about CHECKSUM_PARTIAL
+//! skbs, which pods' veth traffic is), XDP updates checksums in software (`checksum`).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::{bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_pull_data, bpf_skb_store_bytes},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::checksum;
+
+/// Flags for `l4_csum_replace`, with the kernel's meaning.
+pub const CSUM_PSEUDO: u64 = BPF_F_PSEUDO_HDR as u64;
+pub const CSUM_MANGLED_0: u64 = BPF_F_MARK_MANGLED_0 as u64;
+
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Make the first `len` bytes (or the whole packet if shorter) directly accessible.
+    fn make_linear(&self, len: usize);
+    /// Write `v` at byte offset `off` of the packet.
+    fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), ()>;
+    /// IPv4 header checksum at `off`: a 4-byte field changed from `from` to `to`.
+    fn l3_csum_replace(&self, off: usize, from: u32, to: u32) -> Result<(), ()>;
+    /// L4 checksum at `off`. `size` 2 or 4: a field changed from `from` to `to`; `size` 0:
+    /// `to` is a `bpf_csum_diff` result. `flags`: `CSUM_PSEUDO` for pseudo-header fields
+    /// (addresses), `CSUM_MANGLED_0` for UDP (0 means "no checksum").
+    fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, flags: u64)
+    -> Result<(), ()>;
+}
+
+/// Bounds-checked read at `off`; the check sits right beside the access for the verifier.
+#[inline(always)]
+pub fn load<C: Packet, T: Copy>(ctx: &C, off: usize) -> Option<T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+}
+
+pub struct Tc<'a>(pub &'a TcContext);
+
+impl Packet for Tc<'_> {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn make_linear(&self, len: usize) {
+        let total = self.0.len() as usize;
+        let want = if total < len { total } else { len };
+        if self.data_end() - self.data() < want {
+            // Failure leaves the packet as it was; bounds checks then see a short packet.
+            unsafe { bpf_skb_pull_data(self.0.skb.skb, want as u32) };
+        }
+    }
+
+    #[inline(always)]
+    fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), ()> {
+        let r = unsafe {
+            bpf_skb_store_bytes(
+                self.0.skb.skb,
+                off as u32,
+                v as *const T as *const _,
+                core::mem::size_of::<T>() as u32,
+                0,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(()) }
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(&self, off: usize, from: u32, to: u32) -> Result<(), ()> {
+        let r = unsafe { bpf_l3_csum_replace(self.0.skb.skb, off as u32, from as u64, to as u64, 4) };
+        if r == 0 { Ok(()) } else { Err(()) }
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(
+        &self,
+        off: usize,
+        from: u32,
+        to: u32,
+        size: u64,
+        flags: u64,
+    ) -> Result<(), ()> {
+        let r = unsafe {
+            bpf_l4_csum_replace(self.0.skb.skb, off as u32, from as u64, to as u64, size | flags)
+        };
+        if r == 0 { Ok(()) } else { Err(()) }
+    }
+}
+
+pub struct Xdp<'a>(pub &'a XdpContext);
+
+impl Xdp<'_> {
+    #[inline(always)]
+    fn ptr_mut<T>(&self, off: usize) -> Result<*mut T, ()> {
+        let start = self.data();
+        if start + off + core::mem::size_of::<T>() > self.data_end() {
+            return Err(());
+        }
+        Ok((start + off) as *mut T)
+    }
+}
+
+impl Packet for Xdp<'_> {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn make_linear(&self, _len: usize) {
+        // XDP buffers without the frags flag are always linear.
+    }
+
+    #[inline(always)]
+    fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), ()> {
+        let p = self.ptr_mut::<T>(off)?;
+        unsafe { core::ptr::write_unaligned(p, *v) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(&self, off: usize, from: u32, to: u32) -> Result<(), ()> {
+        let p = self.ptr_mut::<u16>(off)?;
+        unsafe {
+            let old = core::ptr::read_unaligned(p);
+            core::ptr::write_unaligned(p, checksum::replace4(old, from, to));
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(
+        &self,
+        off: usize,
+        from: u32,
+        to: u32,
+        size: u64,
+        flags: u64,
+    ) -> Result<(), ()> {
+        let p = self.ptr_mut::<u16>(off)?;
+        let old = unsafe { core::ptr::read_unaligned(p) };
+        let mangled_0 = flags & CSUM_MANGLED_0 != 0;
+        if mangled_0 && old == 0 {
+            // UDP over IPv4 without a checksum stays without one.
+            return Ok(());
+        }
+        let mut new = match size {
+            0 => checksum::apply_diff(old, to),
+            2 => checksum::replace2(old, from as u16, to as u16),
+            _ => checksum::replace4(old, from, to),
+        };
+        if mangled_0 && new == 0 {
+            new = 0xffff;
+        }
+        unsafe { core::ptr::write_unaligned(p, new) };
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! skiff eBPF programs. One entry file per attach point (`tc_pod`, `xdp_ext`); the packet
+//! pipeline is shared through the `ctx::Packet` abstraction so TC and XDP run the same code.
+#![no_std]
+#![no_main]
+
+mod checksum;
+mod conntrack;
+mod ctx;
+mod lb;
+mod maps;
+mod nat;
+mod parse;
+mod service;
+mod stats;
+mod tc_pod;
+mod xdp_ext;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// GPL-compatible: checksum and conntrack helpers are GPL-only.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

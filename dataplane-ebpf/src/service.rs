@@ -1,0 +1,59 @@
+//! The service pipeline shared by every hook: parse, follow a tracked connection or start a
+//! new one on a service frontend, and translate.
+
+use dataplane_common::{CT_F_REPLY, Reason};
+
+use crate::{
+    conntrack,
+    ctx::Packet,
+    lb, nat,
+    parse::{self, Parsed},
+};
+
+#[inline(always)]
+pub fn handle<C: Packet>(ctx: &C) -> Reason {
+    let flow = match parse::parse(ctx) {
+        Ok(Parsed::Flow(f)) => f,
+        Ok(Parsed::NotIp) => return Reason::PassNotIp,
+        Ok(Parsed::Fragment) => return Reason::PassFragment,
+        Ok(Parsed::Other) => return Reason::PassOtherProto,
+        Err(r) => return r,
+    };
+    let now = conntrack::now();
+
+    if let Some(ct) = conntrack::lookup(&flow, now) {
+        if ct.flags & CT_F_REPLY != 0 {
+            return match nat::snat(ctx, &flow, &ct.nat_src, ct.nat_sport_be) {
+                Ok(()) => Reason::NatReply,
+                Err(()) => Reason::DropNatFailed,
+            };
+        }
+        // Only follow the entry while its backend still exists: a removed endpoint must not
+        // keep receiving a stale flow (and a reused backend id must match the address).
+        if let Some(be) = lb::backend(ct.backend_id) {
+            if be.addr == ct.nat_dst && be.port_be == ct.nat_dport_be {
+                return match nat::dnat(ctx, &flow, &ct.nat_dst, ct.nat_dport_be) {
+                    Ok(()) => Reason::NatEstablished,
+                    Err(()) => Reason::DropNatFailed,
+                };
+            }
+        }
+    }
+
+    let Some(svc) = lb::lookup_service(&flow) else {
+        return Reason::PassNoService;
+    };
+    if svc.count == 0 {
+        return Reason::DropNoEndpoints;
+    }
+    let Some((id, be)) = lb::select_backend(&flow, svc.count) else {
+        return Reason::DropNoBackend;
+    };
+    if conntrack::create(&flow, id, &be, now).is_err() {
+        return Reason::DropCtFull;
+    }
+    match nat::dnat(ctx, &flow, &be.addr, be.port_be) {
+        Ok(()) => Reason::NatNew,
+        Err(()) => Reason::DropNatFailed,
+    }
+}

@@ -1,0 +1,14 @@
+//! XDP on the node's external interfaces: service traffic arriving from outside the node is
+//! translated before the stack allocates an skb. Replies go back through the backend pod's
+//! TC hook (`tc_pod`), which shares the connection-tracking map.
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+use crate::{ctx::Xdp, service, stats};
+
+#[xdp]
+pub fn skiff_xdp_ext(ctx: XdpContext) -> u32 {
+    let reason = service::handle(&Xdp(&ctx));
+    stats::count(reason);
+    if reason.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
