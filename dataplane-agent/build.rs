@@ -2,7 +2,7 @@
 //! `ebpf-toolchain` at the workspace root, and leaves the object in OUT_DIR for embedding.
 //! `cargo xtask setup` installs that toolchain, rust-src and bpf-linker.
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
     // With AYA_BUILD_SKIP (clippy on machines without the eBPF toolchain) leave an empty
@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
     // The common crate is compiled into the eBPF object too.
-    println!("cargo:rerun-if-changed={}", root.join("dataplane-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("dataplane-common/src").display()
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "dataplane-ebpf",

@@ -1,1 +1,165 @@
-fn main(){}
+//! skiff: eBPF service proxy and NetworkPolicy dataplane for Kubernetes.
+
+use std::io::{BufRead as _, Write as _};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use skiff::config::NodeConfig;
+use skiff::trace::{explain, FlowInput, Tracer};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "eBPF service proxy and NetworkPolicy dataplane for Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: program the maps from the manifests directory and attach the programs.
+    Run {
+        /// Node configuration (YAML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Directory of Kubernetes manifests (Services, EndpointSlices, ...), watched for changes.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// How often the manifests directory is checked for changes, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        poll_ms: u64,
+    },
+    /// Show what the datapath does to packets: runs the real programs on them (needs root).
+    Trace {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        manifests: PathBuf,
+        /// JSON lines, one flow per line: {"proto","src","sport","dst","dport"}.
+        #[arg(long, conflicts_with_all = ["proto", "src", "sport", "dst", "dport"])]
+        flows: Option<PathBuf>,
+        #[arg(long, requires_all = ["src", "sport", "dst", "dport"])]
+        proto: Option<String>,
+        #[arg(long)]
+        src: Option<IpAddr>,
+        #[arg(long)]
+        sport: Option<u16>,
+        #[arg(long)]
+        dst: Option<IpAddr>,
+        #[arg(long)]
+        dport: Option<u16>,
+    },
+    /// Load the programs through the verifier and print their verified instruction counts.
+    Programs,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            config,
+            manifests,
+            poll_ms,
+        } => {
+            let config = NodeConfig::load(&config)?;
+            if !manifests.is_dir() {
+                bail!("--manifests {}: not a directory", manifests.display());
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(skiff::run::run(skiff::run::RunOptions {
+                config,
+                manifests,
+                poll: Duration::from_millis(poll_ms),
+            }))
+        }
+        Command::Trace {
+            config,
+            manifests,
+            flows,
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+        } => {
+            let config = NodeConfig::load(&config)?;
+            let state = skiff::manifests::load_strict(&manifests)?;
+            let desired = skiff::translate::translate(&state, &config);
+            let mut tracer = Tracer::new(config, desired)?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            match flows {
+                Some(path) => {
+                    let file = std::fs::File::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+                        let line = line?;
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        let input: FlowInput = serde_json::from_str(&line)
+                            .with_context(|| format!("{}:{}: bad flow", path.display(), i + 1))?;
+                        let r = tracer
+                            .trace(&input)
+                            .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+                        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+                    }
+                }
+                None => {
+                    let (Some(proto), Some(src), Some(sport), Some(dst), Some(dport)) =
+                        (proto, src, sport, dst, dport)
+                    else {
+                        bail!("give --flows FILE, or all of --proto --src --sport --dst --dport");
+                    };
+                    let input = FlowInput {
+                        proto,
+                        src,
+                        sport,
+                        dst,
+                        dport,
+                    };
+                    let r = tracer.trace(&input)?;
+                    writeln!(out, "{}", serde_json::to_string(&r)?)?;
+                    eprint!("{}", explain(&input, &r));
+                }
+            }
+            Ok(())
+        }
+        Command::Programs => {
+            let dp = skiff::bpf::Datapath::load()?;
+            for (name, insns) in dp.verified_instructions() {
+                match insns {
+                    Some(n) => println!("{name}: {n} verified instructions"),
+                    None => {
+                        println!("{name}: verified instruction count not reported by this kernel")
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

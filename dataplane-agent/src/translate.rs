@@ -1,1 +1,736 @@
-//! TODO(helper)
+//! The pure translation from cluster objects to desired map contents, following kube-proxy's
+//! rules. Only ClusterIP frontends for now.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracing::{debug, warn};
+
+use crate::config::NodeConfig;
+use crate::desired::{BackendAddr, DesiredState, Frontend, FrontendEntry, ServicePortRef};
+use crate::model::{
+    ClusterIps, ClusterState, Endpoint, EndpointConditions, EndpointSlice, IpFamily,
+    NamespacedName, Service, ServicePort, ServiceType, TrafficPolicy, LABEL_HEADLESS,
+    LABEL_SERVICE_PROXY_NAME,
+};
+
+/// What the service maps should hold for `state` on the node `config` describes.
+pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
+    let slices = slices_by_service(state);
+    let mut desired = DesiredState::default();
+    for svc in state.services.values() {
+        let ips = match cluster_ips_to_proxy(svc) {
+            Ok(ips) => ips,
+            Err(reason) => {
+                debug!(service = %svc.key(), reason, "not proxied");
+                continue;
+            }
+        };
+        let svc_slices = slices
+            .get(&svc.key())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for port in &svc.ports {
+            let service = ServicePortRef {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                port_name: port.name.clone(),
+            };
+            for &addr in ips {
+                let candidates = port_endpoints(svc_slices, port, IpFamily::of(&addr));
+                let backends = cluster_ip_backends(svc, &candidates, config);
+                let frontend = Frontend {
+                    addr,
+                    port: port.port,
+                    proto: port.protocol,
+                };
+                insert(&mut desired, frontend, service.clone(), backends);
+            }
+        }
+    }
+    desired
+}
+
+/// The cluster IPs kube-proxy would program for `svc`, or why it would not.
+fn cluster_ips_to_proxy(svc: &Service) -> Result<&[std::net::IpAddr], &'static str> {
+    if svc.labels.contains_key(LABEL_SERVICE_PROXY_NAME) {
+        return Err("labelled for another service proxy");
+    }
+    if svc.labels.contains_key(LABEL_HEADLESS) {
+        return Err("labelled headless");
+    }
+    if svc.type_ == ServiceType::ExternalName {
+        return Err("ExternalName");
+    }
+    match &svc.cluster_ips {
+        ClusterIps::Ips(ips) => Ok(ips),
+        ClusterIps::Headless => Err("headless"),
+        ClusterIps::Unallocated => Err("no cluster IP"),
+    }
+}
+
+/// EndpointSlices by the Service they belong to. Like kube-proxy, slices carrying the
+/// headless or service-proxy-name label are not watched at all.
+fn slices_by_service(state: &ClusterState) -> BTreeMap<NamespacedName, Vec<&EndpointSlice>> {
+    let mut index: BTreeMap<NamespacedName, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in state.endpoint_slices.values() {
+        if slice.labels.contains_key(LABEL_SERVICE_PROXY_NAME)
+            || slice.labels.contains_key(LABEL_HEADLESS)
+        {
+            continue;
+        }
+        if let Some(service) = &slice.service_name {
+            index
+                .entry(NamespacedName::new(&slice.namespace, service))
+                .or_default()
+                .push(slice);
+        }
+    }
+    index
+}
+
+/// An endpoint of one Service port, with the port resolved.
+#[derive(Clone, Debug)]
+struct PortEndpoint<'a> {
+    backend: BackendAddr,
+    endpoint: &'a Endpoint,
+}
+
+/// The endpoints of `port` in `family`: from each slice of that family, the slice port of the
+/// same name and protocol gives the backend port (the EndpointSlice controller has already
+/// resolved named target ports, per pod; kube-proxy never reads targetPort).
+fn port_endpoints<'a>(
+    slices: &[&'a EndpointSlice],
+    port: &ServicePort,
+    family: IpFamily,
+) -> Vec<PortEndpoint<'a>> {
+    let mut out = Vec::new();
+    for slice in slices {
+        if slice.address_type.family() != Some(family) {
+            continue;
+        }
+        let slice_port = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol);
+        // A port without a number is unrestricted, which a proxy cannot use.
+        let Some(target) = slice_port.and_then(|p| p.port) else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            // Only the first address has a meaning (see model::Endpoint::addresses).
+            let Some(&addr) = endpoint.addresses.first() else {
+                continue;
+            };
+            out.push(PortEndpoint {
+                backend: BackendAddr {
+                    addr,
+                    port: target,
+                    proto: port.protocol,
+                },
+                endpoint,
+            });
+        }
+    }
+    out
+}
+
+/// How an endpoint may be used, in kube-proxy's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Usability {
+    /// Takes new connections.
+    Ready,
+    /// Shutting down but still serving: kube-proxy's fallback when a Service port has no
+    /// ready endpoint at all. Not used yet.
+    ServingTerminating,
+    Unusable,
+}
+
+fn usability(c: &EndpointConditions) -> Usability {
+    if c.ready {
+        Usability::Ready
+    } else if c.serving && c.terminating {
+        Usability::ServingTerminating
+    } else {
+        Usability::Unusable
+    }
+}
+
+/// The backends of a ClusterIP frontend: ready endpoints, restricted to this node's with
+/// `internalTrafficPolicy: Local`; sorted, without duplicates (slices may overlap).
+fn cluster_ip_backends(
+    svc: &Service,
+    endpoints: &[PortEndpoint<'_>],
+    config: &NodeConfig,
+) -> Vec<BackendAddr> {
+    let local_only = svc.internal_traffic_policy == TrafficPolicy::Local;
+    let is_local = |ep: &Endpoint| ep.node_name.as_deref() == Some(config.node_name.as_str());
+    let backends: BTreeSet<BackendAddr> = endpoints
+        .iter()
+        .filter(|pe| usability(&pe.endpoint.conditions) == Usability::Ready)
+        .filter(|pe| !local_only || is_local(pe.endpoint))
+        .map(|pe| pe.backend)
+        .collect();
+    backends.into_iter().collect()
+}
+
+fn insert(
+    desired: &mut DesiredState,
+    frontend: Frontend,
+    service: ServicePortRef,
+    backends: Vec<BackendAddr>,
+) {
+    // The API server never hands out one IP twice; a manifests directory might. Services are
+    // visited in namespace/name order, so the first one keeps the frontend, deterministically.
+    if let Some(existing) = desired.frontends.get(&frontend) {
+        warn!(
+            frontend = ?frontend,
+            kept = %existing.service,
+            ignored = %service,
+            "two services claim the same frontend"
+        );
+        return;
+    }
+    desired
+        .frontends
+        .insert(frontend, FrontendEntry { service, backends });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::api::discovery::v1 as discovery;
+
+    use super::*;
+    use crate::desired::Protocol;
+
+    fn config() -> NodeConfig {
+        NodeConfig::from_yaml_str(
+            "nodeName: node-a\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    /// A ClusterState from Service and EndpointSlice YAML documents.
+    fn state(docs: &[String]) -> ClusterState {
+        let mut state = ClusterState::default();
+        for doc in docs {
+            if doc.contains("kind: Service") {
+                let k8s: core::Service = serde_yaml::from_str(doc).unwrap();
+                let svc = Service::from_k8s(&k8s).unwrap();
+                state.services.insert(svc.key(), svc);
+            } else {
+                let k8s: discovery::EndpointSlice = serde_yaml::from_str(doc).unwrap();
+                let slice = EndpointSlice::from_k8s(&k8s).unwrap();
+                state.endpoint_slices.insert(slice.key(), slice);
+            }
+        }
+        state
+    }
+
+    fn svc(ns: &str, name: &str, spec: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+    }
+
+    fn slice(
+        ns: &str,
+        name: &str,
+        service: &str,
+        family: &str,
+        ports: &str,
+        endpoints: &str,
+    ) -> String {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+             addressType: {family}\nports: {ports}\nendpoints: {endpoints}\n"
+        )
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn fe(addr: &str, port: u16, proto: Protocol) -> Frontend {
+        Frontend {
+            addr: ip(addr),
+            port,
+            proto,
+        }
+    }
+
+    fn be(addr: &str, port: u16, proto: Protocol) -> BackendAddr {
+        BackendAddr {
+            addr: ip(addr),
+            port,
+            proto,
+        }
+    }
+
+    fn backends_of(d: &DesiredState, f: Frontend) -> Vec<BackendAddr> {
+        d.frontends
+            .get(&f)
+            .unwrap_or_else(|| panic!("no frontend {f:?} in {d:?}"))
+            .backends
+            .clone()
+    }
+
+    use Protocol::{Tcp, Udp};
+
+    #[test]
+    fn multiple_ports_each_get_a_frontend() {
+        let d = translate(
+            &state(&[
+                svc("ns", "s", "{clusterIP: 10.96.0.1, ports: [{name: a, port: 80}, {name: b, port: 53, protocol: UDP}]}"),
+                slice(
+                    "ns",
+                    "s-1",
+                    "s",
+                    "IPv4",
+                    "[{name: a, port: 8080}, {name: b, port: 5353, protocol: UDP}]",
+                    "[{addresses: [10.244.0.1]}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(d.frontends.len(), 2);
+        let a = &d.frontends[&fe("10.96.0.1", 80, Tcp)];
+        assert_eq!(a.service.to_string(), "ns/s:a");
+        assert_eq!(a.backends, vec![be("10.244.0.1", 8080, Tcp)]);
+        let b = &d.frontends[&fe("10.96.0.1", 53, Udp)];
+        assert_eq!(b.service.port_name, "b");
+        assert_eq!(b.backends, vec![be("10.244.0.1", 5353, Udp)]);
+    }
+
+    #[test]
+    fn named_target_port_resolves_per_slice() {
+        // Two pod templates (say, mid-rollout) name different container ports `http`.
+        let d = translate(
+            &state(&[
+                svc(
+                    "ns",
+                    "s",
+                    "{clusterIP: 10.96.0.1, ports: [{name: http, port: 80, targetPort: http}]}",
+                ),
+                slice(
+                    "ns",
+                    "s-old",
+                    "s",
+                    "IPv4",
+                    "[{name: http, port: 8080}]",
+                    "[{addresses: [10.244.0.1]}]",
+                ),
+                slice(
+                    "ns",
+                    "s-new",
+                    "s",
+                    "IPv4",
+                    "[{name: http, port: 9090}]",
+                    "[{addresses: [10.244.0.2]}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(
+            backends_of(&d, fe("10.96.0.1", 80, Tcp)),
+            vec![be("10.244.0.1", 8080, Tcp), be("10.244.0.2", 9090, Tcp)]
+        );
+    }
+
+    #[test]
+    fn not_ready_excluded_and_absent_conditions_are_ready() {
+        let d = translate(
+            &state(&[
+                svc("ns", "s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"),
+                slice(
+                    "ns",
+                    "s-1",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.1]},\
+                      {addresses: [10.244.0.2], conditions: {}},\
+                      {addresses: [10.244.0.3], conditions: {ready: false}},\
+                      {addresses: [10.244.0.4], conditions: {ready: true}},\
+                      {addresses: [10.244.0.5], conditions: {ready: false, serving: true, terminating: true}}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(
+            backends_of(&d, fe("10.96.0.1", 80, Tcp)),
+            vec![
+                be("10.244.0.1", 8080, Tcp),
+                be("10.244.0.2", 8080, Tcp),
+                be("10.244.0.4", 8080, Tcp)
+            ]
+        );
+    }
+
+    #[test]
+    fn usability_categories() {
+        let c = |ready, serving, terminating| EndpointConditions {
+            ready,
+            serving,
+            terminating,
+        };
+        assert_eq!(usability(&c(true, true, false)), Usability::Ready);
+        assert_eq!(
+            usability(&c(false, true, true)),
+            Usability::ServingTerminating
+        );
+        assert_eq!(usability(&c(false, false, true)), Usability::Unusable);
+        assert_eq!(usability(&c(false, true, false)), Usability::Unusable);
+    }
+
+    #[test]
+    fn dual_stack_splits_endpoints_by_family() {
+        let d = translate(
+            &state(&[
+                svc(
+                    "ns",
+                    "s",
+                    "{clusterIPs: [10.96.0.1, 'fd00:96::1'], ports: [{port: 80}]}",
+                ),
+                slice(
+                    "ns",
+                    "s-v4",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.1]}]",
+                ),
+                slice(
+                    "ns",
+                    "s-v6",
+                    "s",
+                    "IPv6",
+                    "[{port: 8080}]",
+                    "[{addresses: ['fd00:244::1']}]",
+                ),
+                slice(
+                    "ns",
+                    "s-fqdn",
+                    "s",
+                    "FQDN",
+                    "[{port: 8080}]",
+                    "[{addresses: [db.example]}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(d.frontends.len(), 2);
+        assert_eq!(
+            backends_of(&d, fe("10.96.0.1", 80, Tcp)),
+            vec![be("10.244.0.1", 8080, Tcp)]
+        );
+        assert_eq!(
+            backends_of(&d, fe("fd00:96::1", 80, Tcp)),
+            vec![be("fd00:244::1", 8080, Tcp)]
+        );
+    }
+
+    #[test]
+    fn slices_merge_and_dedupe() {
+        let d = translate(
+            &state(&[
+                svc("ns", "s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"),
+                slice(
+                    "ns",
+                    "s-b",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.3]}, {addresses: [10.244.0.1]}]",
+                ),
+                slice(
+                    "ns",
+                    "s-a",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.2]}, {addresses: [10.244.0.1]}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(
+            backends_of(&d, fe("10.96.0.1", 80, Tcp)),
+            vec![
+                be("10.244.0.1", 8080, Tcp),
+                be("10.244.0.2", 8080, Tcp),
+                be("10.244.0.3", 8080, Tcp)
+            ]
+        );
+    }
+
+    #[test]
+    fn only_the_first_address_of_an_endpoint_is_used() {
+        let d = translate(
+            &state(&[
+                svc("ns", "s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"),
+                slice(
+                    "ns",
+                    "s-1",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.1, 10.244.0.9]}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(
+            backends_of(&d, fe("10.96.0.1", 80, Tcp)),
+            vec![be("10.244.0.1", 8080, Tcp)]
+        );
+    }
+
+    #[test]
+    fn skipped_services() {
+        let d = translate(
+            &state(&[
+                svc("ns", "headless", "{clusterIP: None, ports: [{port: 80}]}"),
+                svc("ns", "ext", "{type: ExternalName, externalName: db.example, clusterIP: 10.96.0.2, ports: [{port: 80}]}"),
+                svc("ns", "unallocated", "{ports: [{port: 80}]}"),
+                "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: ns, labels: {service.kubernetes.io/service-proxy-name: foo}}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}\n".to_string(),
+                "apiVersion: v1\nkind: Service\nmetadata: {name: hl, namespace: ns, labels: {service.kubernetes.io/headless: ''}}\nspec: {clusterIP: 10.96.0.4, ports: [{port: 80}]}\n".to_string(),
+                svc("ns", "kept", "{clusterIP: 10.96.0.5, ports: [{port: 80}]}"),
+                slice("ns", "headless-1", "headless", "IPv4", "[{port: 8080}]", "[{addresses: [10.244.0.1]}]"),
+            ]),
+            &config(),
+        );
+        let frontends: Vec<_> = d.frontends.keys().copied().collect();
+        assert_eq!(frontends, vec![fe("10.96.0.5", 80, Tcp)]);
+    }
+
+    #[test]
+    fn slices_of_other_namespaces_or_services_ignored() {
+        let d = translate(
+            &state(&[
+                svc("ns", "s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"),
+                slice(
+                    "other",
+                    "s-1",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.1]}]",
+                ),
+                slice(
+                    "ns",
+                    "t-1",
+                    "t",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.2]}]",
+                ),
+                slice(
+                    "ns",
+                    "s-1",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.3]}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(
+            backends_of(&d, fe("10.96.0.1", 80, Tcp)),
+            vec![be("10.244.0.3", 8080, Tcp)]
+        );
+    }
+
+    #[test]
+    fn port_name_and_protocol_must_match() {
+        let d = translate(
+            &state(&[
+                svc("ns", "s", "{clusterIP: 10.96.0.1, ports: [{name: dns, port: 53, protocol: UDP}, {name: web, port: 80}]}"),
+                // `dns` only as TCP, `web` missing, an unnamed port: nothing matches.
+                slice("ns", "s-1", "s", "IPv4", "[{name: dns, port: 5353, protocol: TCP}, {port: 8080}]", "[{addresses: [10.244.0.1]}]"),
+            ]),
+            &config(),
+        );
+        // The frontends still exist, with no backend: the datapath rejects those.
+        assert_eq!(d.frontends.len(), 2);
+        assert!(backends_of(&d, fe("10.96.0.1", 53, Udp)).is_empty());
+        assert!(backends_of(&d, fe("10.96.0.1", 80, Tcp)).is_empty());
+    }
+
+    #[test]
+    fn unnamed_service_port_matches_unnamed_slice_port() {
+        let d = translate(
+            &state(&[
+                svc("ns", "s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"),
+                slice(
+                    "ns",
+                    "s-1",
+                    "s",
+                    "IPv4",
+                    "[{name: '', port: 8080}]",
+                    "[{addresses: [10.244.0.1]}]",
+                ),
+                slice(
+                    "ns",
+                    "s-2",
+                    "s",
+                    "IPv4",
+                    "[{name: http, port: 9090}]",
+                    "[{addresses: [10.244.0.2]}]",
+                ),
+                slice(
+                    "ns",
+                    "s-3",
+                    "s",
+                    "IPv4",
+                    "[{name: ''}]",
+                    "[{addresses: [10.244.0.3]}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(
+            backends_of(&d, fe("10.96.0.1", 80, Tcp)),
+            vec![be("10.244.0.1", 8080, Tcp)]
+        );
+        assert_eq!(
+            d.frontends[&fe("10.96.0.1", 80, Tcp)].service.to_string(),
+            "ns/s"
+        );
+    }
+
+    #[test]
+    fn service_without_endpoints_has_an_empty_frontend() {
+        let d = translate(
+            &state(&[svc(
+                "ns",
+                "s",
+                "{clusterIP: 10.96.0.1, ports: [{port: 80}]}",
+            )]),
+            &config(),
+        );
+        assert!(backends_of(&d, fe("10.96.0.1", 80, Tcp)).is_empty());
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_node_local_endpoints() {
+        let d = translate(
+            &state(&[
+                svc("ns", "s", "{clusterIP: 10.96.0.1, internalTrafficPolicy: Local, ports: [{port: 80}]}"),
+                slice(
+                    "ns",
+                    "s-1",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.1], nodeName: node-a}, {addresses: [10.244.0.2], nodeName: node-b}, {addresses: [10.244.0.3]}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(
+            backends_of(&d, fe("10.96.0.1", 80, Tcp)),
+            vec![be("10.244.0.1", 8080, Tcp)]
+        );
+    }
+
+    #[test]
+    fn shared_frontend_goes_to_the_first_service() {
+        let d = translate(
+            &state(&[
+                svc("ns", "b", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"),
+                svc("ns", "a", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"),
+            ]),
+            &config(),
+        );
+        assert_eq!(d.frontends[&fe("10.96.0.1", 80, Tcp)].service.name, "a");
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        let docs = vec![
+            svc("ns", "s", "{clusterIPs: [10.96.0.1, 'fd00:96::1'], ports: [{name: a, port: 80}, {name: b, port: 81}]}"),
+            slice("ns", "s-2", "s", "IPv4", "[{name: a, port: 1}, {name: b, port: 2}]", "[{addresses: [10.244.0.9]}, {addresses: [10.244.0.3]}]"),
+            slice("ns", "s-1", "s", "IPv4", "[{name: b, port: 2}, {name: a, port: 1}]", "[{addresses: [10.244.0.5]}]"),
+            slice("ns", "s-3", "s", "IPv6", "[{name: a, port: 1}]", "[{addresses: ['fd00::2']}, {addresses: ['fd00::1']}]"),
+        ];
+        let mut reversed = docs.clone();
+        reversed.reverse();
+        let one = translate(&state(&docs), &config());
+        let two = translate(&state(&reversed), &config());
+        assert_eq!(one, two);
+        for entry in one.frontends.values() {
+            assert!(entry.backends.windows(2).all(|w| w[0] < w[1]), "{entry:?}");
+        }
+        assert_eq!(
+            backends_of(&one, fe("10.96.0.1", 80, Tcp)),
+            vec![
+                be("10.244.0.3", 1, Tcp),
+                be("10.244.0.5", 1, Tcp),
+                be("10.244.0.9", 1, Tcp)
+            ]
+        );
+    }
+
+    /// The demo set in manifests/examples, as the README describes it.
+    #[test]
+    fn demo_examples_translate() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests");
+        let state = crate::manifests::load_strict(format!("{root}/examples")).unwrap();
+        let config = NodeConfig::load(format!("{root}/demo-node.yaml")).unwrap();
+        assert_eq!(config.node_name, "demo-node");
+        let d = translate(&state, &config);
+
+        let web: Vec<_> = ["10.244.1.11", "10.244.1.12", "10.244.1.13"]
+            .iter()
+            .map(|a| be(a, 8080, Tcp))
+            .collect();
+        let web_udp: Vec<_> = ["10.244.1.11", "10.244.1.12", "10.244.1.13"]
+            .iter()
+            .map(|a| be(a, 5353, Udp))
+            .collect();
+        let expected: Vec<(Frontend, &str, Vec<BackendAddr>)> = vec![
+            (fe("10.96.0.10", 80, Tcp), "demo/web:http", web),
+            (fe("10.96.0.10", 5353, Udp), "demo/web:echo-udp", web_udp),
+            (
+                fe("10.96.0.20", 8080, Tcp),
+                "demo/api",
+                vec![be("10.244.1.12", 9090, Tcp)],
+            ),
+            (
+                fe("fd00:96::10", 80, Tcp),
+                "demo/web6:http",
+                vec![
+                    be("fd00:244:1::11", 8080, Tcp),
+                    be("fd00:244:1::12", 8080, Tcp),
+                ],
+            ),
+        ];
+        let got: Vec<_> = d
+            .frontends
+            .iter()
+            .map(|(f, e)| (*f, e.service.to_string(), e.backends.clone()))
+            .collect();
+        let want: Vec<_> = expected
+            .into_iter()
+            .map(|(f, s, b)| (f, s.to_string(), b))
+            .collect();
+        assert_eq!(got, want);
+
+        // The demo node config must agree with the manifests: pod IPs inside clusterCIDRs,
+        // cluster IPs inside serviceCIDRs.
+        let service_cidrs = config.service_cidrs.clone().unwrap();
+        for (frontend, entry) in &d.frontends {
+            assert!(
+                service_cidrs.iter().any(|n| n.contains(&frontend.addr)),
+                "{frontend:?}"
+            );
+            for backend in &entry.backends {
+                assert!(config.in_cluster_cidrs(&backend.addr), "{backend:?}");
+            }
+        }
+    }
+}

@@ -88,11 +88,17 @@ impl Reason {
         match self {
             Reason::PassNotIp => "not an IP packet; passed untouched",
             Reason::PassNoService => "destination is not a service frontend; passed untouched",
-            Reason::PassOtherProto => "protocol is not translated by the service datapath; passed untouched",
+            Reason::PassOtherProto => {
+                "protocol is not translated by the service datapath; passed untouched"
+            }
             Reason::PassFragment => "IP fragment without transport header; passed untouched",
             Reason::NatNew => "new connection to a service: backend chosen, destination translated",
-            Reason::NatEstablished => "packet of a tracked connection: destination translated to its backend",
-            Reason::NatReply => "reply of a tracked connection: source translated back to the service address",
+            Reason::NatEstablished => {
+                "packet of a tracked connection: destination translated to its backend"
+            }
+            Reason::NatReply => {
+                "reply of a tracked connection: source translated back to the service address"
+            }
             Reason::DropMalformed => "truncated or malformed header: dropped",
             Reason::DropNoEndpoints => "service port has no ready endpoint: dropped",
             Reason::DropCtFull => "connection-tracking table refused a new entry: dropped",

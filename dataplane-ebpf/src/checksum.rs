@@ -13,7 +13,10 @@ fn fold(mut s: u64) -> u16 {
 #[inline(always)]
 pub fn replace4(csum: u16, from: u32, to: u32) -> u16 {
     let nf = !from;
-    let s = (!csum) as u64 + (nf >> 16) as u64 + (nf & 0xffff) as u64 + (to >> 16) as u64
+    let s = (!csum) as u64
+        + (nf >> 16) as u64
+        + (nf & 0xffff) as u64
+        + (to >> 16) as u64
         + (to & 0xffff) as u64;
     !fold(s)
 }

@@ -26,8 +26,14 @@ pub trait Packet {
     /// L4 checksum at `off`. `size` 2 or 4: a field changed from `from` to `to`; `size` 0:
     /// `to` is a `bpf_csum_diff` result. `flags`: `CSUM_PSEUDO` for pseudo-header fields
     /// (addresses), `CSUM_MANGLED_0` for UDP (0 means "no checksum").
-    fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, flags: u64)
-    -> Result<(), ()>;
+    fn l4_csum_replace(
+        &self,
+        off: usize,
+        from: u32,
+        to: u32,
+        size: u64,
+        flags: u64,
+    ) -> Result<(), ()>;
 }
 
 /// Bounds-checked read at `off`; the check sits right beside the access for the verifier.
@@ -75,13 +81,22 @@ impl Packet for Tc<'_> {
                 0,
             )
         };
-        if r == 0 { Ok(()) } else { Err(()) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 
     #[inline(always)]
     fn l3_csum_replace(&self, off: usize, from: u32, to: u32) -> Result<(), ()> {
-        let r = unsafe { bpf_l3_csum_replace(self.0.skb.skb, off as u32, from as u64, to as u64, 4) };
-        if r == 0 { Ok(()) } else { Err(()) }
+        let r =
+            unsafe { bpf_l3_csum_replace(self.0.skb.skb, off as u32, from as u64, to as u64, 4) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 
     #[inline(always)]
@@ -94,9 +109,19 @@ impl Packet for Tc<'_> {
         flags: u64,
     ) -> Result<(), ()> {
         let r = unsafe {
-            bpf_l4_csum_replace(self.0.skb.skb, off as u32, from as u64, to as u64, size | flags)
+            bpf_l4_csum_replace(
+                self.0.skb.skb,
+                off as u32,
+                from as u64,
+                to as u64,
+                size | flags,
+            )
         };
-        if r == 0 { Ok(()) } else { Err(()) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 }
 

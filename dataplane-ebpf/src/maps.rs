@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    Backend, CtKey, CtValue, Scratch, ServiceKey, ServiceValue,
     maps::{BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, STATS_MAX},
+    Backend, CtKey, CtValue, Scratch, ServiceKey, ServiceValue,
 };
 
 /// Service frontends and their backend slots. Not preallocated: memory follows the number of

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::bpf_csum_diff;
 use dataplane_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    ctx::{CSUM_MANGLED_0, CSUM_PSEUDO, Packet, load},
+    ctx::{load, Packet, CSUM_MANGLED_0, CSUM_PSEUDO},
     parse::Flow,
 };
 
@@ -30,7 +30,12 @@ fn rewrite_addr<C: Packet>(ctx: &C, flow: &Flow, is_src: bool, new: &[u8; 16]) -
 }
 
 #[inline(always)]
-fn rewrite_addr_v4<C: Packet>(ctx: &C, flow: &Flow, is_src: bool, new: &[u8; 16]) -> Result<(), ()> {
+fn rewrite_addr_v4<C: Packet>(
+    ctx: &C,
+    flow: &Flow,
+    is_src: bool,
+    new: &[u8; 16],
+) -> Result<(), ()> {
     let off = flow.l3_off + if is_src { 12 } else { 16 };
     let old: u32 = load(ctx, off).ok_or(())?;
     let to = u32::from_ne_bytes([new[12], new[13], new[14], new[15]]);
@@ -44,7 +49,12 @@ fn rewrite_addr_v4<C: Packet>(ctx: &C, flow: &Flow, is_src: bool, new: &[u8; 16]
 
 // A subprogram: the two 16-byte copies for bpf_csum_diff need a stack frame of their own.
 #[inline(never)]
-fn rewrite_addr_v6<C: Packet>(ctx: &C, flow: &Flow, is_src: bool, new: &[u8; 16]) -> Result<(), ()> {
+fn rewrite_addr_v6<C: Packet>(
+    ctx: &C,
+    flow: &Flow,
+    is_src: bool,
+    new: &[u8; 16],
+) -> Result<(), ()> {
     let off = flow.l3_off + if is_src { 8 } else { 24 };
     let mut from: [u8; 16] = load(ctx, off).ok_or(())?;
     let mut to = *new;

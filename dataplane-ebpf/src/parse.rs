@@ -1,9 +1,9 @@
 //! Header parsing: Ethernet, IPv4/IPv6 (with a bounded walk over IPv6 extension headers),
 //! and the ports of TCP/UDP/SCTP.
 
-use dataplane_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped};
+use dataplane_common::{v4_mapped, Reason, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
-use crate::ctx::{Packet, load};
+use crate::ctx::{load, Packet};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -71,7 +71,15 @@ fn parse_v4<C: Packet>(ctx: &C) -> Result<Parsed, Reason> {
     let proto: u8 = load(ctx, l3 + 9).ok_or(Reason::DropMalformed)?;
     let src: [u8; 4] = load(ctx, l3 + 12).ok_or(Reason::DropMalformed)?;
     let dst: [u8; 4] = load(ctx, l3 + 16).ok_or(Reason::DropMalformed)?;
-    l4(ctx, proto, v4_mapped(src), v4_mapped(dst), false, l3, l3 + ihl)
+    l4(
+        ctx,
+        proto,
+        v4_mapped(src),
+        v4_mapped(dst),
+        false,
+        l3,
+        l3 + ihl,
+    )
 }
 
 #[inline(always)]

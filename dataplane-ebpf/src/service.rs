@@ -1,7 +1,7 @@
 //! The service pipeline shared by every hook: parse, follow a tracked connection or start a
 //! new one on a service frontend, and translate.
 
-use dataplane_common::{CT_F_REPLY, Reason};
+use dataplane_common::{Reason, CT_F_REPLY};
 
 use crate::{
     conntrack,

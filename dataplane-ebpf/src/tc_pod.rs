@@ -12,5 +12,9 @@ const TC_ACT_NEXT: i32 = -1;
 pub fn skiff_tc_pod(ctx: TcContext) -> i32 {
     let reason = service::handle(&Tc(&ctx));
     stats::count(reason);
-    if reason.is_drop() { TC_ACT_SHOT } else { TC_ACT_NEXT }
+    if reason.is_drop() {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_NEXT
+    }
 }

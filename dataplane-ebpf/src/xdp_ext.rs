@@ -10,5 +10,9 @@ use crate::{ctx::Xdp, service, stats};
 pub fn skiff_xdp_ext(ctx: XdpContext) -> u32 {
     let reason = service::handle(&Xdp(&ctx));
     stats::count(reason);
-    if reason.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+    if reason.is_drop() {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dataplane_common::{Backend, BE_F_NONE, ServiceKey, is_v4_mapped, v4_mapped};
+use dataplane_common::{is_v4_mapped, v4_mapped, Backend, ServiceKey, BE_F_NONE};
 
 use crate::desired::{BackendAddr, Frontend, Protocol};
 

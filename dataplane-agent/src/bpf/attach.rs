@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use aya::programs::{
-    ProgramError, TcAttachType, links::LinkError, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    links::LinkError, tc::SchedClassifierLinkId, xdp::XdpLinkId, ProgramError, TcAttachType,
     XdpMode,
 };
 use thiserror::Error;
@@ -14,15 +14,14 @@ use super::Datapath;
 
 #[derive(Debug, Error)]
 pub enum AttachError {
-    #[error("attaching {program} to {iface}: {source}")]
+    #[error("attaching {program} to {iface}: {error}")]
     Attach {
         program: &'static str,
         iface: String,
-        #[source]
-        source: ProgramError,
+        error: ProgramError,
     },
     #[error("listing interfaces: {0}")]
-    List(#[source] std::io::Error),
+    List(std::io::Error),
     #[error("link: {0}")]
     Link(#[from] LinkError),
 }
@@ -63,7 +62,7 @@ impl Attachments {
                 Err(source) => errors.push(AttachError::Attach {
                     program: super::object::PROG_TC_POD,
                     iface: name.clone(),
-                    source,
+                    error: source,
                 }),
             }
         }
@@ -72,7 +71,11 @@ impl Attachments {
 
     /// Attach XDP to an external interface: native (driver) mode when the driver supports
     /// it, otherwise generic mode, and say which.
-    pub fn attach_external(&mut self, dp: &mut Datapath, name: &str) -> Result<&'static str, AttachError> {
+    pub fn attach_external(
+        &mut self,
+        dp: &mut Datapath,
+        name: &str,
+    ) -> Result<&'static str, AttachError> {
         if let Some((_, mode)) = self.xdp.get(name) {
             return Ok(mode);
         }
@@ -80,14 +83,13 @@ impl Attachments {
             Ok(id) => (id, "native"),
             Err(e) => {
                 warn!(iface = %name, error = %e, "native XDP refused; using generic (skb) mode");
-                let id = dp
-                    .xdp_ext()
-                    .attach(name, XdpMode::Skb)
-                    .map_err(|source| AttachError::Attach {
+                let id = dp.xdp_ext().attach(name, XdpMode::Skb).map_err(|source| {
+                    AttachError::Attach {
                         program: super::object::PROG_XDP_EXT,
                         iface: name.to_string(),
-                        source,
-                    })?;
+                        error: source,
+                    }
+                })?;
                 (id, "generic")
             }
         };

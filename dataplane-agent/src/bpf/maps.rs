@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    Ebpf,
     maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    Ebpf,
 };
 use dataplane_common::{
-    Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
     maps::{BACKENDS, CONNTRACK, SERVICES, STATS},
+    Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
 };
 
 use super::object::LoadError;

@@ -1,8 +1,8 @@
 //! The embedded eBPF object and loading it into the kernel.
 
 use aya::{
-    Ebpf, EbpfLoader,
     programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
 };
 use thiserror::Error;
 
@@ -21,11 +21,11 @@ pub const PROGRAMS: [&str; 2] = [PROG_TC_POD, PROG_XDP_EXT];
 pub enum LoadError {
     #[error("this binary was built with AYA_BUILD_SKIP: it has no eBPF object (run `cargo xtask build`)")]
     NoObject,
-    #[error("loading the eBPF object: {0} (skiff needs root or CAP_BPF+CAP_NET_ADMIN)")]
+    #[error("loading the eBPF object (skiff needs root, or CAP_BPF and CAP_NET_ADMIN)")]
     Object(#[from] aya::EbpfError),
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
-    #[error("program {name}: {source}")]
+    #[error("program {name} failed to load")]
     Program {
         name: &'static str,
         #[source]

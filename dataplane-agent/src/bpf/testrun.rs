@@ -43,16 +43,22 @@ pub struct RunOutcome {
 
 #[derive(Debug, Error)]
 pub enum RunError {
-    #[error("BPF_PROG_TEST_RUN: {0}")]
+    #[error("BPF_PROG_TEST_RUN failed")]
     Run(#[from] ProgramError),
-    #[error("reading counters: {0}")]
+    #[error("reading the counters")]
     Stats(#[from] aya::maps::MapError),
 }
 
 const TC_ACT_SHOT: u32 = 2;
 const XDP_DROP: u32 = 1;
 
-fn run_raw(dp: &mut Datapath, hook: Hook, frame: &[u8], out: &mut [u8], repeat: u32) -> Result<aya::programs::TestRunResult, ProgramError> {
+fn run_raw(
+    dp: &mut Datapath,
+    hook: Hook,
+    frame: &[u8],
+    out: &mut [u8],
+    repeat: u32,
+) -> Result<aya::programs::TestRunResult, ProgramError> {
     let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(out),
@@ -90,7 +96,12 @@ pub fn run(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> Result<RunOutcome, Ru
 }
 
 /// Average time per run over `repeat` runs of the same frame (for benchmarks).
-pub fn time_per_packet(dp: &mut Datapath, hook: Hook, frame: &[u8], repeat: u32) -> Result<Duration, RunError> {
+pub fn time_per_packet(
+    dp: &mut Datapath,
+    hook: Hook,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<Duration, RunError> {
     let mut out = vec![0u8; frame.len() + 256];
     Ok(run_raw(dp, hook, frame, &mut out, repeat)?.duration)
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use aya::maps::MapError;
-use dataplane_common::{Backend, SVC_F_NONE, ServiceKey, ServiceValue};
+use dataplane_common::{Backend, ServiceKey, ServiceValue, SVC_F_NONE};
 use thiserror::Error;
 
 use super::{abi, maps::Maps};
@@ -32,7 +32,8 @@ pub enum Op {
 /// backends that stay, and new ones take the lowest id not in use in `current` (so an id is
 /// never reused while an old slot could still point at it).
 pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
-    let existing: HashMap<Backend, u32> = current.backends.iter().map(|(id, be)| (*be, *id)).collect();
+    let existing: HashMap<Backend, u32> =
+        current.backends.iter().map(|(id, be)| (*be, *id)).collect();
     let used: BTreeSet<u32> = current.backends.keys().copied().collect();
     let mut next_id = 1u32;
     let mut out = MapContents::default();
@@ -109,17 +110,16 @@ pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
 #[derive(Debug, Error)]
 pub enum WriteError {
     #[error("reading the maps: {0}")]
-    Read(#[source] MapError),
+    Read(Box<MapError>),
     #[error(
-        "applying {op:?} failed after {applied} of {total} changes ({source}); \
+        "applying {op:?} failed after {applied} of {total} changes ({error}); \
          the maps keep a consistent mix of old and new state and the next sync retries"
     )]
     Apply {
         op: Op,
         applied: usize,
         total: usize,
-        #[source]
-        source: MapError,
+        error: Box<MapError>,
     },
 }
 
@@ -142,8 +142,12 @@ impl Writer {
     pub fn new(maps: &Maps) -> Result<Self, WriteError> {
         Ok(Writer {
             current: MapContents {
-                services: maps.read_services().map_err(WriteError::Read)?,
-                backends: maps.read_backends().map_err(WriteError::Read)?,
+                services: maps
+                    .read_services()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
+                backends: maps
+                    .read_backends()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
             },
         })
     }
@@ -153,7 +157,11 @@ impl Writer {
     }
 
     /// Make the maps hold `desired`, touching only entries that differ.
-    pub fn sync(&mut self, maps: &mut Maps, desired: &DesiredState) -> Result<SyncReport, WriteError> {
+    pub fn sync(
+        &mut self,
+        maps: &mut Maps,
+        desired: &DesiredState,
+    ) -> Result<SyncReport, WriteError> {
         let start = Instant::now();
         let target = render(desired, &self.current);
         let ops = plan(&self.current, &target);
@@ -170,7 +178,7 @@ impl Writer {
                     op,
                     applied,
                     total,
-                    source,
+                    error: Box::new(source),
                 });
             }
             self.record(op);
@@ -274,8 +282,14 @@ mod tests {
             for (k, v) in m.services.iter().filter(|(k, _)| k.slot == 0) {
                 for slot in 1..=v.count {
                     let sk = ServiceKey { slot, ..*k };
-                    let s = m.services.get(&sk).unwrap_or_else(|| panic!("step {i}: missing slot {slot}"));
-                    assert!(m.backends.contains_key(&s.backend_id), "step {i}: dangling backend");
+                    let s = m
+                        .services
+                        .get(&sk)
+                        .unwrap_or_else(|| panic!("step {i}: missing slot {slot}"));
+                    assert!(
+                        m.backends.contains_key(&s.backend_id),
+                        "step {i}: dangling backend"
+                    );
                 }
             }
             if i < ops.len() {
@@ -286,7 +300,10 @@ mod tests {
 
     #[test]
     fn unchanged_state_needs_no_operations() {
-        let d = state(&[(fe("10.96.0.1", 80), vec![be("10.0.0.1", 8080), be("10.0.0.2", 8080)])]);
+        let d = state(&[(
+            fe("10.96.0.1", 80),
+            vec![be("10.0.0.1", 8080), be("10.0.0.2", 8080)],
+        )]);
         let first = render(&d, &MapContents::default());
         assert_eq!(first.services.len(), 3);
         assert_eq!(first.backends.len(), 2);
@@ -296,8 +313,11 @@ mod tests {
     #[test]
     fn adding_a_service_touches_only_its_entries() {
         let a = (fe("10.96.0.1", 80), vec![be("10.0.0.1", 8080)]);
-        let b = (fe("10.96.0.2", 80), vec![be("10.0.0.2", 8080), be("10.0.0.3", 8080)]);
-        let cur = render(&state(&[a.clone()]), &MapContents::default());
+        let b = (
+            fe("10.96.0.2", 80),
+            vec![be("10.0.0.2", 8080), be("10.0.0.3", 8080)],
+        );
+        let cur = render(&state(std::slice::from_ref(&a)), &MapContents::default());
         let next = render(&state(&[a, b]), &cur);
         let ops = plan(&cur, &next);
         // two backends, two slots, one master; nothing of service a is rewritten
@@ -316,7 +336,10 @@ mod tests {
         let s2 = fe("10.96.0.2", 80);
         let cur = render(
             &state(&[
-                (s1, vec![be("10.0.0.1", 1), be("10.0.0.2", 1), be("10.0.0.3", 1)]),
+                (
+                    s1,
+                    vec![be("10.0.0.1", 1), be("10.0.0.2", 1), be("10.0.0.3", 1)],
+                ),
                 (s2, vec![be("10.0.0.9", 1)]),
             ]),
             &MapContents::default(),
@@ -330,16 +353,28 @@ mod tests {
         assert!(matches!(ops.last(), Some(Op::DelBackend(_))));
         // The surviving backend kept its id.
         let id_of = |c: &MapContents, b: &BackendAddr| {
-            c.backends.iter().find(|(_, v)| **v == abi::backend(b)).map(|(id, _)| *id)
+            c.backends
+                .iter()
+                .find(|(_, v)| **v == abi::backend(b))
+                .map(|(id, _)| *id)
         };
-        assert_eq!(id_of(&cur, &be("10.0.0.2", 1)), id_of(&next, &be("10.0.0.2", 1)));
+        assert_eq!(
+            id_of(&cur, &be("10.0.0.2", 1)),
+            id_of(&next, &be("10.0.0.2", 1))
+        );
     }
 
     #[test]
     fn new_backends_never_reuse_an_id_still_in_the_maps() {
         let s = fe("10.96.0.1", 80);
-        let cur = render(&state(&[(s, vec![be("10.0.0.1", 1), be("10.0.0.2", 1)])]), &MapContents::default());
-        let next = render(&state(&[(s, vec![be("10.0.0.2", 1), be("10.0.0.7", 1)])]), &cur);
+        let cur = render(
+            &state(&[(s, vec![be("10.0.0.1", 1), be("10.0.0.2", 1)])]),
+            &MapContents::default(),
+        );
+        let next = render(
+            &state(&[(s, vec![be("10.0.0.2", 1), be("10.0.0.7", 1)])]),
+            &cur,
+        );
         let old_ids: BTreeSet<u32> = cur.backends.keys().copied().collect();
         let new_id = next
             .backends
@@ -363,7 +398,10 @@ mod tests {
     #[test]
     fn a_backend_shared_by_two_frontends_has_one_id() {
         let b = be("10.0.0.1", 8080);
-        let d = state(&[(fe("10.96.0.1", 80), vec![b]), (fe("10.96.0.2", 80), vec![b])]);
+        let d = state(&[
+            (fe("10.96.0.1", 80), vec![b]),
+            (fe("10.96.0.2", 80), vec![b]),
+        ]);
         let m = render(&d, &MapContents::default());
         assert_eq!(m.backends.len(), 1);
     }
