@@ -350,6 +350,64 @@ fn removed_backend_is_not_followed_by_its_stale_flow() {
 }
 
 #[test]
+fn established_tcp_keeps_a_backend_that_left_the_service() {
+    let fe = frontend("10.96.0.10", 80, Protocol::Tcp);
+    let d = desired(vec![(fe, backends(&["10.244.1.11"], 8080, Protocol::Tcp))]);
+    let (mut dp, mut w) = loaded(&d);
+    let (_, p) = run(
+        &mut dp,
+        Hook::TcPod,
+        &spec(
+            Protocol::Tcp,
+            "10.244.1.5",
+            40_000,
+            "10.96.0.10",
+            80,
+            TCP_SYN,
+        ),
+    );
+    assert_eq!(p.dst, ip("10.244.1.11"));
+
+    let d2 = desired(vec![(fe, backends(&["10.244.1.12"], 8080, Protocol::Tcp))]);
+    w.sync(&mut dp.maps, &d2).unwrap();
+    let (out, p) = run(
+        &mut dp,
+        Hook::TcPod,
+        &spec(
+            Protocol::Tcp,
+            "10.244.1.5",
+            40_000,
+            "10.96.0.10",
+            80,
+            TCP_ACK,
+        ),
+    );
+    assert_eq!(out.reason, Some(Reason::NatEstablished));
+    assert_eq!(
+        p.dst,
+        ip("10.244.1.11"),
+        "the established connection keeps its backend"
+    );
+    let (_, p) = run(
+        &mut dp,
+        Hook::TcPod,
+        &spec(
+            Protocol::Tcp,
+            "10.244.1.5",
+            40_001,
+            "10.96.0.10",
+            80,
+            TCP_SYN,
+        ),
+    );
+    assert_eq!(
+        p.dst,
+        ip("10.244.1.12"),
+        "new connections use the new endpoint set"
+    );
+}
+
+#[test]
 fn tcp_syn_after_reset_starts_a_new_connection() {
     let d = desired(vec![(
         frontend("10.96.0.10", 80, Protocol::Tcp),

@@ -1,7 +1,7 @@
 //! The service pipeline shared by every hook: parse, follow a tracked connection or start a
 //! new one on a service frontend, and translate.
 
-use dataplane_common::{Reason, CT_F_REPLY};
+use dataplane_common::{Reason, CT_F_REPLY, PROTO_TCP};
 
 use crate::{
     conntrack,
@@ -28,15 +28,19 @@ pub fn handle<C: Packet>(ctx: &C) -> Reason {
                 Err(()) => Reason::DropNatFailed,
             };
         }
-        // Only follow the entry while its backend still exists: a removed endpoint must not
-        // keep receiving a stale flow (and a reused backend id must match the address).
-        if let Some(be) = lb::backend(ct.backend_id) {
-            if be.addr == ct.nat_dst && be.port_be == ct.nat_dport_be {
-                return match nat::dnat(ctx, &flow, &ct.nat_dst, ct.nat_dport_be) {
-                    Ok(()) => Reason::NatEstablished,
-                    Err(()) => Reason::DropNatFailed,
-                };
-            }
+        // TCP follows its entry until the connection ends, even after the backend left the
+        // service (kube-proxy keeps such conntrack entries too). Other protocols have no end
+        // to wait for: they follow it only while the backend exists (and a reused backend id
+        // must still mean the same address), else they are balanced again at once, which is
+        // kube-proxy's flush of stale UDP conntrack entries.
+        let follow = flow.proto == PROTO_TCP
+            || lb::backend(ct.backend_id)
+                .is_some_and(|be| be.addr == ct.nat_dst && be.port_be == ct.nat_dport_be);
+        if follow {
+            return match nat::dnat(ctx, &flow, &ct.nat_dst, ct.nat_dport_be) {
+                Ok(()) => Reason::NatEstablished,
+                Err(()) => Reason::DropNatFailed,
+            };
         }
     }
 
