@@ -1,0 +1,408 @@
+//! End to end: the real `skiff run` agent in a node namespace, pods behind veths, and real
+//! TCP/UDP connections from a client pod to ClusterIPs. Needs root; fails, never skips.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use skiff_testbed::{
+    require_root, serial, skiff_bin, tcp_echo_server, tcp_round, tcp_server, udp_round, udp_server,
+    LongLivedClient, Pod, Process, Server, TestBed,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const VIP: &str = "10.96.0.10";
+const VIP6: &str = "fd00:96::10";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "skiff-e2e-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A ClusterIP service with one port (name `p`) and its EndpointSlices (IPv4 and IPv6).
+fn service(
+    name: &str,
+    vip: &str,
+    vip6: Option<&str>,
+    port: u16,
+    proto: &str,
+    target: u16,
+    endpoints: &[&Pod],
+) -> String {
+    let ips = match vip6 {
+        Some(v6) => format!("[{vip}, \"{v6}\"]"),
+        None => format!("[{vip}]"),
+    };
+    let families = if vip6.is_some() {
+        "[IPv4, IPv6]"
+    } else {
+        "[IPv4]"
+    };
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: e2e}}\n\
+         spec:\n  clusterIP: {vip}\n  clusterIPs: {ips}\n  ipFamilies: {families}\n  \
+         ipFamilyPolicy: PreferDualStack\n  ports:\n  - {{name: p, port: {port}, protocol: {proto}, targetPort: {target}}}\n"
+    );
+    for (family, addr) in [
+        (
+            "IPv4",
+            endpoints
+                .iter()
+                .filter_map(|p| p.ipv4.map(IpAddr::V4))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "IPv6",
+            endpoints
+                .iter()
+                .filter_map(|p| p.ipv6.map(IpAddr::V6))
+                .collect::<Vec<_>>(),
+        ),
+    ] {
+        if family == "IPv6" && vip6.is_none() {
+            continue;
+        }
+        y += &format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata:\n  name: {name}-{}\n  namespace: e2e\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+             addressType: {family}\nports:\n- {{name: p, port: {target}, protocol: {proto}}}\nendpoints:\n",
+            family.to_lowercase()
+        );
+        if addr.is_empty() {
+            y += "[]\n";
+        }
+        for a in addr {
+            y += &format!(
+                "- addresses: [\"{a}\"]\n  conditions: {{ready: true}}\n  nodeName: e2e-node\n"
+            );
+        }
+    }
+    y
+}
+
+/// A node namespace running the agent, with a client pod and backend pods.
+struct Node {
+    bed: TestBed,
+    manifests: TempDir,
+    _agent: Process,
+    client: Pod,
+    backends: Vec<Pod>,
+    _servers: Vec<Server>,
+}
+
+impl Node {
+    /// `n` backends (`be0`, `be1`, ...) serving TCP 8080 (replying their name), UDP 5353 and
+    /// a TCP line echo on 9090, on IPv4 and IPv6.
+    fn start(n: usize, initial: impl Fn(&[&Pod]) -> Vec<(String, String)>) -> Result<Node> {
+        let mut bed = TestBed::new()?;
+        let client = bed.add_pod(
+            "client",
+            "skdc",
+            Some("10.244.1.5".parse()?),
+            Some("fd00:244:1::5".parse()?),
+        )?;
+        let mut backends = Vec::new();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let pod = bed.add_pod(
+                &format!("be{i}"),
+                &format!("skd{i}"),
+                Some(format!("10.244.1.{}", 11 + i).parse()?),
+                Some(format!("fd00:244:1::{}", 11 + i).parse()?),
+            )?;
+            for any in [ip("0.0.0.0"), ip("::")] {
+                servers.push(tcp_server(pod.ns(), any, 8080, &pod.name)?);
+                servers.push(udp_server(pod.ns(), any, 5353, &pod.name)?);
+                servers.push(tcp_echo_server(pod.ns(), any, 9090, &pod.name)?);
+            }
+            backends.push(pod);
+        }
+        let manifests = TempDir::new();
+        let refs: Vec<&Pod> = backends.iter().collect();
+        for (file, yaml) in initial(&refs) {
+            std::fs::write(manifests.0.join(file), yaml)?;
+        }
+        let config = manifests.0.join("..").join(format!(
+            "{}-node.yaml",
+            manifests.0.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(
+            &config,
+            "nodeName: e2e-node\nnodeIPs: [192.0.2.1]\n\
+             clusterCIDRs: [10.244.0.0/16, \"fd00:244::/32\"]\n\
+             serviceCIDRs: [10.96.0.0/16, \"fd00:96::/108\"]\npodInterfaces: [\"skd*\"]\n",
+        )?;
+        let bin = skiff_bin();
+        let agent = bed.spawn(
+            bed.node(),
+            bin.as_os_str(),
+            &[
+                "run".as_ref(),
+                "--config".as_ref(),
+                config.as_os_str(),
+                "--manifests".as_ref(),
+                manifests.0.as_os_str(),
+                "--poll-ms".as_ref(),
+                "100".as_ref(),
+            ],
+        )?;
+        Ok(Node {
+            bed,
+            manifests,
+            _agent: agent,
+            client,
+            backends,
+            _servers: servers,
+        })
+    }
+
+    fn write(&self, file: &str, yaml: &str) -> Result<()> {
+        // Write then rename, so the agent never reads half a file.
+        let tmp = self.manifests.0.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.manifests.0.join(file))?;
+        Ok(())
+    }
+
+    fn remove(&self, file: &str) -> Result<()> {
+        Ok(std::fs::remove_file(self.manifests.0.join(file))?)
+    }
+
+    fn dir(&self) -> &Path {
+        &self.manifests.0
+    }
+
+    /// Wait until one connection to `addr:port` succeeds (the agent has synced and attached).
+    fn wait_ready(&self, addr: IpAddr, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if tcp_round(self.client.ns(), addr, port, 1, Duration::from_millis(500))?.ok() == 1 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("no connection to {addr}:{port} through skiff within 20 s")
+    }
+}
+
+impl Node {
+    /// Wait until a line-echo connection to `addr:port` gets an echo.
+    fn wait_echo(&self, addr: IpAddr, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(c) = LongLivedClient::start(
+                self.client.ns(),
+                addr,
+                port,
+                Duration::from_millis(20),
+                Duration::from_millis(200),
+            ) {
+                std::thread::sleep(Duration::from_millis(100));
+                if c.stop().ok > 0 {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("no echo from {addr}:{port} through skiff within 20 s")
+    }
+}
+
+fn names(pods: &[Pod]) -> Vec<String> {
+    pods.iter().map(|p| p.name.clone()).collect()
+}
+
+#[test]
+fn clusterip_spreads_real_connections_over_every_backend() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let node = Node::start(3, |b| {
+        vec![
+            (
+                "web.yaml".into(),
+                service("web", VIP, Some(VIP6), 80, "TCP", 8080, b),
+            ),
+            (
+                "dns.yaml".into(),
+                service("dns", "10.96.0.53", None, 53, "UDP", 5353, b),
+            ),
+        ]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+
+    let tcp = tcp_round(node.client.ns(), ip(VIP), 80, 100, TIMEOUT)?;
+    println!("TCP over IPv4, 100 connections:\n{}", tcp.table());
+    assert_eq!(tcp.failures, 0, "{:?}", tcp.errors);
+    assert_eq!(
+        tcp.answers.keys().cloned().collect::<Vec<_>>(),
+        names(&node.backends)
+    );
+
+    let tcp6 = tcp_round(node.client.ns(), ip(VIP6), 80, 60, TIMEOUT)?;
+    println!("TCP over IPv6, 60 connections:\n{}", tcp6.table());
+    assert_eq!(tcp6.failures, 0, "{:?}", tcp6.errors);
+    assert_eq!(tcp6.answers.len(), 3);
+
+    let udp = udp_round(node.client.ns(), ip("10.96.0.53"), 53, 60, TIMEOUT)?;
+    println!("UDP, 60 requests:\n{}", udp.table());
+    assert_eq!(udp.failures, 0, "{:?}", udp.errors);
+    assert_eq!(udp.answers.len(), 3);
+
+    // A port the service does not define is not translated: nothing answers there.
+    let other = tcp_round(node.client.ns(), ip(VIP), 81, 1, Duration::from_millis(500))?;
+    assert_eq!(other.ok(), 0);
+    Ok(())
+}
+
+#[test]
+fn traffic_keeps_flowing_while_an_unrelated_service_comes_and_goes() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let node = Node::start(2, |b| {
+        vec![(
+            "web.yaml".into(),
+            service("web", VIP, None, 80, "TCP", 8080, b),
+        )]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+    // One connection held open through the churn, and new connections in between.
+    let echo = node.backends[0].clone();
+    std::fs::write(
+        node.dir().join("echo.yaml"),
+        service("echo", "10.96.0.90", None, 90, "TCP", 9090, &[&echo]),
+    )?;
+    node.wait_echo(ip("10.96.0.90"), 90)?;
+    let long = LongLivedClient::start(
+        node.client.ns(),
+        ip("10.96.0.90"),
+        90,
+        Duration::from_millis(20),
+        Duration::from_secs(60),
+    )?;
+
+    let mut total = 0;
+    for round in 0..6 {
+        if round % 2 == 0 {
+            node.write(
+                "other.yaml",
+                &service(
+                    "other",
+                    "10.96.0.77",
+                    None,
+                    7777,
+                    "TCP",
+                    8080,
+                    &[&node.backends[1]],
+                ),
+            )?;
+        } else {
+            node.remove("other.yaml")?;
+        }
+        let t = tcp_round(node.client.ns(), ip(VIP), 80, 25, TIMEOUT)?;
+        assert_eq!(t.failures, 0, "round {round}: {:?}", t.errors);
+        total += t.ok();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let stats = long.stop();
+    println!("{total} new connections and {stats:?} on the long-lived one");
+    assert_eq!(total, 150);
+    assert_eq!(stats.failures, 0, "the held connection broke: {stats:?}");
+    assert!(
+        stats.ok >= 20,
+        "too few echoes on the held connection: {stats:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn removing_an_endpoint_while_traffic_flows_drops_nothing() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let both = |b: &[&Pod]| {
+        service("web", VIP, None, 80, "TCP", 8080, b)
+            + "---\n"
+            + &service("echo", "10.96.0.90", None, 90, "TCP", 9090, b)
+    };
+    let node = Node::start(3, |b| vec![("svc.yaml".into(), both(b))])?;
+    node.wait_ready(ip(VIP), 80)?;
+    node.wait_echo(ip("10.96.0.90"), 90)?;
+    // Held connections, spread over the three backends.
+    let mut held = Vec::new();
+    for _ in 0..24 {
+        held.push(LongLivedClient::start(
+            node.client.ns(),
+            ip("10.96.0.90"),
+            90,
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        )?);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let on_be2 = held
+        .iter()
+        .filter(|c| c.stats().backends.contains_key("be2"))
+        .count();
+    assert!(on_be2 > 0, "no held connection reached be2");
+
+    // be2 leaves both services (its pod keeps running, like a pod that failed readiness).
+    let remaining: Vec<&Pod> = node.backends[..2].iter().collect();
+    node.write("svc.yaml", &both(&remaining))?;
+    // New connections never fail, and soon never reach be2.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rounds = 0;
+    loop {
+        let t = tcp_round(node.client.ns(), ip(VIP), 80, 20, TIMEOUT)?;
+        assert_eq!(t.failures, 0, "{:?}", t.errors);
+        rounds += 1;
+        if !t.answers.contains_key("be2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "be2 still chosen 10 s after its removal"
+        );
+    }
+    // Settled: a larger round avoids be2 entirely.
+    let t = tcp_round(node.client.ns(), ip(VIP), 80, 60, TIMEOUT)?;
+    assert_eq!(t.failures, 0, "{:?}", t.errors);
+    assert!(!t.answers.contains_key("be2"), "{}", t.table());
+    assert_eq!(t.answers.len(), 2);
+
+    // Established connections, be2's included, kept working throughout.
+    std::thread::sleep(Duration::from_millis(300));
+    for c in held {
+        let stats = c.stop();
+        assert_eq!(stats.failures, 0, "held connection broke: {stats:?}");
+        assert!(!stats.connection_lost, "{stats:?}");
+        assert_eq!(
+            stats.backends.len(),
+            1,
+            "a held connection moved: {stats:?}"
+        );
+    }
+    println!("converged after {rounds} round(s); {on_be2} held connections on be2 kept working");
+    Ok(())
+}
