@@ -106,11 +106,13 @@ fn service(
 /// A node namespace running the agent, with a client pod and backend pods.
 struct Node {
     bed: TestBed,
-    manifests: TempDir,
+    // Field order is drop order: the agent and servers stop before the files go.
+    manifests: PathBuf,
     _agent: Process,
     client: Pod,
     backends: Vec<Pod>,
     _servers: Vec<Server>,
+    scratch: TempDir,
 }
 
 impl Node {
@@ -140,15 +142,15 @@ impl Node {
             }
             backends.push(pod);
         }
-        let manifests = TempDir::new();
+        // <tmp>/node.yaml beside <tmp>/manifests/: the config is not a manifest.
+        let scratch = TempDir::new();
+        let manifests = scratch.0.join("manifests");
+        std::fs::create_dir(&manifests)?;
         let refs: Vec<&Pod> = backends.iter().collect();
         for (file, yaml) in initial(&refs) {
-            std::fs::write(manifests.0.join(file), yaml)?;
+            std::fs::write(manifests.join(file), yaml)?;
         }
-        let config = manifests.0.join("..").join(format!(
-            "{}-node.yaml",
-            manifests.0.file_name().unwrap().to_string_lossy()
-        ));
+        let config = scratch.0.join("node.yaml");
         std::fs::write(
             &config,
             "nodeName: e2e-node\nnodeIPs: [192.0.2.1]\n\
@@ -164,13 +166,14 @@ impl Node {
                 "--config".as_ref(),
                 config.as_os_str(),
                 "--manifests".as_ref(),
-                manifests.0.as_os_str(),
+                manifests.as_os_str(),
                 "--poll-ms".as_ref(),
                 "100".as_ref(),
             ],
         )?;
         Ok(Node {
             bed,
+            scratch,
             manifests,
             _agent: agent,
             client,
@@ -181,18 +184,18 @@ impl Node {
 
     fn write(&self, file: &str, yaml: &str) -> Result<()> {
         // Write then rename, so the agent never reads half a file.
-        let tmp = self.manifests.0.join(format!(".{file}.tmp"));
+        let tmp = self.scratch.0.join(format!("{file}.tmp"));
         std::fs::write(&tmp, yaml)?;
-        std::fs::rename(&tmp, self.manifests.0.join(file))?;
+        std::fs::rename(&tmp, self.manifests.join(file))?;
         Ok(())
     }
 
     fn remove(&self, file: &str) -> Result<()> {
-        Ok(std::fs::remove_file(self.manifests.0.join(file))?)
+        Ok(std::fs::remove_file(self.manifests.join(file))?)
     }
 
     fn dir(&self) -> &Path {
-        &self.manifests.0
+        &self.manifests
     }
 
     /// Wait until one connection to `addr:port` succeeds (the agent has synced and attached).
