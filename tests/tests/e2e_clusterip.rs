@@ -105,7 +105,7 @@ fn service(
 
 /// A node namespace running the agent, with a client pod and backend pods.
 struct Node {
-    bed: TestBed,
+    _bed: TestBed,
     // Field order is drop order: the agent and servers stop before the files go.
     manifests: PathBuf,
     _agent: Process,
@@ -172,7 +172,7 @@ impl Node {
             ],
         )?;
         Ok(Node {
-            bed,
+            _bed: bed,
             scratch,
             manifests,
             _agent: agent,
