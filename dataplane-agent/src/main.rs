@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use skiff::config::NodeConfig;
 use skiff::trace::{explain, FlowInput, Tracer};
 
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/skiff";
+
 #[derive(Parser)]
 #[command(
     name = "skiff",
@@ -34,6 +36,20 @@ enum Command {
         /// How often the manifests directory is checked for changes, in milliseconds.
         #[arg(long, default_value_t = 500)]
         poll_ms: u64,
+        /// skiff's directory on a BPF filesystem: maps and links pinned there survive restarts.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Do not pin: programs detach and state is lost when the agent exits.
+        #[arg(long, conflicts_with = "detach_on_exit")]
+        no_pin: bool,
+        /// On SIGTERM/SIGINT detach the programs and remove the link pins (maps stay pinned).
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Remove every program, link, pin and map skiff created (stop the agent first).
+    Cleanup {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
     },
     /// Show what the datapath does to packets: runs the real programs on them (needs root).
     Trace {
@@ -84,6 +100,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             config,
             manifests,
             poll_ms,
+            bpffs,
+            no_pin,
+            detach_on_exit,
         } => {
             let config = NodeConfig::load(&config)?;
             if !manifests.is_dir() {
@@ -92,10 +111,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let pins = if no_pin {
+                None
+            } else {
+                Some(skiff::bpf::pins::PinDir::open(&bpffs)?)
+            };
             rt.block_on(skiff::run::run(skiff::run::RunOptions {
                 config,
                 manifests,
                 poll: Duration::from_millis(poll_ms),
+                pins,
+                detach_on_exit,
             }))
         }
         Command::Trace {
@@ -149,6 +175,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     eprint!("{}", explain(&input, &r));
                 }
             }
+            Ok(())
+        }
+        Command::Cleanup { bpffs } => {
+            let removed = skiff::bpf::pins::remove_all(&bpffs)?;
+            for p in removed.links.iter().chain(&removed.maps) {
+                println!("removed {}", p.display());
+            }
+            println!(
+                "cleanup: {} link(s) detached, {} map(s) removed from {}",
+                removed.links.len(),
+                removed.maps.len(),
+                bpffs.display()
+            );
             Ok(())
         }
         Command::Programs => {

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::bpf::{attach, writer::Writer, Datapath};
+use crate::bpf::{attach, pins::PinDir, writer::Writer, Datapath};
 use crate::config::NodeConfig;
 use crate::manifests::{DirWatcher, ManifestStore};
 use crate::translate::translate;
@@ -18,6 +18,10 @@ pub struct RunOptions {
     pub config: NodeConfig,
     pub manifests: PathBuf,
     pub poll: Duration,
+    /// Where maps and links are pinned; `None` runs without pins (state dies with the agent).
+    pub pins: Option<PinDir>,
+    /// Detach and unpin the links on SIGTERM/SIGINT instead of leaving them for the next agent.
+    pub detach_on_exit: bool,
 }
 
 /// Load, program and attach; then follow changes until SIGINT/SIGTERM.
@@ -26,15 +30,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         config,
         manifests,
         poll,
+        pins,
+        detach_on_exit,
     } = opts;
-    let mut dp = Datapath::load().context("loading the eBPF programs")?;
+    // Pinned maps of an earlier agent are reused with their contents: conntrack survives.
+    let mut dp = Datapath::load_with(pins.as_ref()).context("loading the eBPF programs")?;
     for (name, insns) in dp.verified_instructions() {
         info!(program = name, verified_insns = insns, "program loaded");
     }
     let mut writer = Writer::new(&dp.maps).context("reading the maps")?;
     let mut store = ManifestStore::new();
     let mut watcher = DirWatcher::new(&manifests, poll);
-    let mut attachments = attach::Attachments::default();
+    let mut attachments = attach::Attachments::new(pins);
 
     let sync = |dp: &mut Datapath, store: &ManifestStore, writer: &mut Writer| {
         let started = Instant::now();
@@ -102,7 +109,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = iface_tick.tick() => attach_pods(&mut dp, &mut attachments),
         }
     }
-    info!("shutting down: detaching programs");
-    attachments.detach_all(&mut dp);
+    if detach_on_exit {
+        info!("shutting down: detaching programs and removing link pins");
+        attachments.detach_all();
+    } else {
+        info!("shutting down: programs stay attached (pinned) for the next agent");
+    }
     Ok(())
 }

@@ -42,6 +42,40 @@ impl Drop for TempDir {
     }
 }
 
+/// A private BPF filesystem for the agent's pins (inside `ip netns exec`, /sys/fs/bpf is not
+/// one). Dropping it removes what skiff pinned (`skiff cleanup`) and unmounts it.
+struct Bpffs(PathBuf);
+
+impl Bpffs {
+    fn mount(at: PathBuf) -> Result<Bpffs> {
+        std::fs::create_dir_all(&at)?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&at)
+            .status()?
+            .success();
+        if !ok {
+            bail!("mount -t bpf bpf {} failed", at.display());
+        }
+        Ok(Bpffs(at))
+    }
+
+    fn skiff_dir(&self) -> PathBuf {
+        self.0.join("skiff")
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(skiff_bin())
+            .args(["cleanup", "--bpffs"])
+            .arg(self.skiff_dir())
+            .stdout(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// A ClusterIP service with one port (name `p`) and its EndpointSlices (IPv4 and IPv6).
 fn service(
     name: &str,
@@ -105,13 +139,16 @@ fn service(
 
 /// A node namespace running the agent, with a client pod and backend pods.
 struct Node {
-    _bed: TestBed,
+    bed: TestBed,
     // Field order is drop order: the agent and servers stop before the files go.
     manifests: PathBuf,
-    _agent: Process,
+    agent: Process,
+    agent_args: Vec<std::ffi::OsString>,
     client: Pod,
     backends: Vec<Pod>,
     _servers: Vec<Server>,
+    // Pins are cleaned and the bpffs unmounted after the agent is gone, then the files go.
+    _bpffs: Bpffs,
     scratch: TempDir,
 }
 
@@ -151,34 +188,37 @@ impl Node {
             std::fs::write(manifests.join(file), yaml)?;
         }
         let config = scratch.0.join("node.yaml");
+        let bpffs = Bpffs::mount(scratch.0.join("bpffs"))?;
+        let pin_dir = bpffs.skiff_dir();
         std::fs::write(
             &config,
             "nodeName: e2e-node\nnodeIPs: [192.0.2.1]\n\
              clusterCIDRs: [10.244.0.0/16, \"fd00:244::/32\"]\n\
              serviceCIDRs: [10.96.0.0/16, \"fd00:96::/108\"]\npodInterfaces: [\"skd*\"]\n",
         )?;
-        let bin = skiff_bin();
-        let agent = bed.spawn(
-            bed.node(),
-            bin.as_os_str(),
-            &[
-                "run".as_ref(),
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--manifests".as_ref(),
-                manifests.as_os_str(),
-                "--poll-ms".as_ref(),
-                "100".as_ref(),
-            ],
-        )?;
+        let agent_args: Vec<std::ffi::OsString> = vec![
+            skiff_bin().into(),
+            "run".into(),
+            "--config".into(),
+            config.into(),
+            "--manifests".into(),
+            manifests.clone().into(),
+            "--poll-ms".into(),
+            "100".into(),
+            "--bpffs".into(),
+            pin_dir.into(),
+        ];
+        let agent = bed.spawn(bed.node(), agent_args[0].clone(), &agent_args[1..])?;
         Ok(Node {
-            _bed: bed,
+            bed,
+            agent_args,
             scratch,
             manifests,
-            _agent: agent,
+            agent,
             client,
             backends,
             _servers: servers,
+            _bpffs: bpffs,
         })
     }
 
@@ -231,6 +271,22 @@ impl Node {
             std::thread::sleep(Duration::from_millis(200));
         }
         bail!("no echo from {addr}:{port} through skiff within 20 s")
+    }
+}
+
+impl Node {
+    /// SIGKILL the agent (no cleanup, like a crash or OOM kill) and start a new one.
+    fn crash_and_restart_agent(&mut self) -> Result<()> {
+        // SAFETY: plain kill(2) on our child's pid.
+        let rc = unsafe { libc::kill(self.agent.pid() as i32, libc::SIGKILL) };
+        assert_eq!(rc, 0, "kill -9 the agent");
+        self.agent.wait_timeout(Duration::from_secs(5))?;
+        self.agent = self.bed.spawn(
+            self.bed.node(),
+            self.agent_args[0].clone(),
+            &self.agent_args[1..],
+        )?;
+        Ok(())
     }
 }
 
@@ -407,5 +463,96 @@ fn removing_an_endpoint_while_traffic_flows_drops_nothing() -> Result<()> {
         );
     }
     println!("converged after {rounds} round(s); {on_be2} held connections on be2 kept working");
+    Ok(())
+}
+
+#[test]
+fn agent_killed_and_restarted_three_times_under_load_fails_no_connection() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let both = |b: &[&Pod]| {
+        service("web", VIP, None, 80, "TCP", 8080, b)
+            + "---\n"
+            + &service("echo", "10.96.0.90", None, 90, "TCP", 9090, b)
+    };
+    let mut node = Node::start(3, |b| vec![("svc.yaml".into(), both(b))])?;
+    node.wait_ready(ip(VIP), 80)?;
+    node.wait_echo(ip("10.96.0.90"), 90)?;
+    let held: Vec<LongLivedClient> = (0..6)
+        .map(|_| {
+            LongLivedClient::start(
+                node.client.ns(),
+                ip("10.96.0.90"),
+                90,
+                Duration::from_millis(20),
+                Duration::from_secs(120),
+            )
+        })
+        .collect::<Result<_>>()?;
+
+    // New connections in a loop on another thread for the whole test (bounded in count and time).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ns = node.client.ns().to_string();
+    let stop2 = stop.clone();
+    let load = std::thread::spawn(move || -> Result<skiff_testbed::Tally> {
+        let mut all = skiff_testbed::Tally::default();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline && all.total() < 200_000 {
+            all.merge(&tcp_round(&ns, ip(VIP), 80, 20, TIMEOUT)?);
+        }
+        Ok(all)
+    });
+
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        node.crash_and_restart_agent()?;
+        println!(
+            "restart {}: agent killed with SIGKILL and started again",
+            i + 1
+        );
+    }
+    // The last agent is in control: an endpoint change made now takes effect.
+    std::thread::sleep(Duration::from_millis(700));
+    let remaining: Vec<&Pod> = node.backends[..2].iter().collect();
+    node.write("svc.yaml", &both(&remaining))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = tcp_round(node.client.ns(), ip(VIP), 80, 30, TIMEOUT)?;
+        assert_eq!(t.failures, 0, "{:?}", t.errors);
+        if !t.answers.contains_key("be2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent did not apply a change within 10 s"
+        );
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let tally = load.join().expect("load thread")?;
+    println!(
+        "{} connections during the restarts:\n{}",
+        tally.total(),
+        tally.table()
+    );
+    assert!(tally.total() >= 100, "too little load: {}", tally.total());
+    assert_eq!(
+        tally.failures, 0,
+        "failed connections during restarts: {:?}",
+        tally.errors
+    );
+    for c in held {
+        let stats = c.stop();
+        assert_eq!(
+            stats.failures, 0,
+            "an established connection broke: {stats:?}"
+        );
+        assert!(!stats.connection_lost, "{stats:?}");
+        assert_eq!(
+            stats.backends.len(),
+            1,
+            "an established connection moved: {stats:?}"
+        );
+    }
     Ok(())
 }

@@ -1,16 +1,25 @@
 //! Attaching the programs to interfaces: TC ingress (TCX) on pods' host-side veths, XDP on
-//! external interfaces. The agent rescans interfaces so that new pods are picked up.
+//! external interfaces. With a pin directory every link is pinned, and a restarted agent
+//! adopts the pinned link and swaps its program atomically (`bpf_link_update`), so packets
+//! are never without a program. The agent rescans interfaces so that new pods are picked up.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use aya::programs::{
-    links::LinkError, tc::SchedClassifierLinkId, xdp::XdpLinkId, ProgramError, TcAttachType,
-    XdpMode,
+    links::{FdLink, LinkError, PinnedLink},
+    tc::SchedClassifierLink,
+    xdp::XdpLink,
+    ProgramError, TcAttachType, XdpMode,
 };
 use thiserror::Error;
 use tracing::{info, warn};
 
+use super::pins::{PinDir, PinError};
 use super::Datapath;
+
+pub const HOOK_TC: &str = "tc-ingress";
+pub const HOOK_XDP: &str = "xdp";
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -22,8 +31,16 @@ pub enum AttachError {
     },
     #[error("listing interfaces: {0}")]
     List(std::io::Error),
-    #[error("link: {0}")]
-    Link(#[from] LinkError),
+    #[error("{iface}: link: {error}")]
+    Link { iface: String, error: LinkError },
+    #[error("{iface}: pinning the link at {}: {error}", path.display())]
+    Pin {
+        iface: String,
+        path: PathBuf,
+        error: aya::pin::PinError,
+    },
+    #[error(transparent)]
+    PinDir(#[from] PinError),
 }
 
 /// Names of the interfaces of this network namespace.
@@ -37,36 +54,125 @@ pub fn interfaces() -> Result<Vec<String>, AttachError> {
     Ok(names)
 }
 
+/// The interface's index, or `None` when it does not exist (any more).
+pub fn ifindex(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One attached link. Dropping it closes our reference: without a pin the link detaches.
+struct Held {
+    ifindex: u32,
+    _link: FdLink,
+    pin: Option<PathBuf>,
+    mode: &'static str,
+}
+
+impl Held {
+    /// Detach for good: remove the pin (the last other reference) and drop ours.
+    fn release(self) {
+        if let Some(path) = &self.pin {
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!(path = %path.display(), error = %e, "removing link pin");
+            }
+        }
+    }
+}
+
 /// The interfaces skiff's programs are attached to, kept in step with the system.
-#[derive(Default)]
 pub struct Attachments {
-    tc: BTreeMap<String, SchedClassifierLinkId>,
-    xdp: BTreeMap<String, (XdpLinkId, &'static str)>,
+    pins: Option<PinDir>,
+    tc: BTreeMap<String, Held>,
+    xdp: BTreeMap<String, Held>,
 }
 
 impl Attachments {
-    /// Attach the pod program to every interface in `wanted` that lacks it, and forget
-    /// interfaces that disappeared (their links went with them).
+    pub fn new(pins: Option<PinDir>) -> Attachments {
+        Attachments {
+            pins,
+            tc: BTreeMap::new(),
+            xdp: BTreeMap::new(),
+        }
+    }
+
+    /// Attach the pod program to every interface in `wanted` that lacks it (adopting pinned
+    /// links), release interfaces no longer wanted or re-created, and drop stale pins.
     pub fn sync_pods(&mut self, dp: &mut Datapath, wanted: &[String]) -> Vec<AttachError> {
         let mut errors = Vec::new();
-        self.tc.retain(|name, _| wanted.contains(name));
-        for name in wanted {
+        let current: BTreeMap<&String, u32> = wanted
+            .iter()
+            .filter_map(|n| ifindex(n).map(|i| (n, i)))
+            .collect();
+        let gone: Vec<String> = self
+            .tc
+            .iter()
+            .filter(|(n, h)| current.get(n) != Some(&h.ifindex))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            if let Some(h) = self.tc.remove(&name) {
+                info!(iface = %name, "interface gone or no longer a pod interface: released");
+                h.release();
+            }
+        }
+        for (name, idx) in current {
             if self.tc.contains_key(name) {
                 continue;
             }
-            match dp.tc_pod().attach(name, TcAttachType::Ingress) {
-                Ok(id) => {
-                    info!(iface = %name, "attached tc ingress program");
-                    self.tc.insert(name.clone(), id);
+            match self.attach_tc(dp, name, idx) {
+                Ok(h) => {
+                    self.tc.insert(name.clone(), h);
                 }
-                Err(source) => errors.push(AttachError::Attach {
-                    program: super::object::PROG_TC_POD,
-                    iface: name.clone(),
-                    error: source,
-                }),
+                // An interface can vanish between listing and attaching (pod deleted).
+                Err(e) => errors.push(e),
             }
         }
+        if let Err(e) = self.drop_stale_pins(HOOK_TC) {
+            errors.push(e);
+        }
         errors
+    }
+
+    fn attach_tc(&mut self, dp: &mut Datapath, name: &str, idx: u32) -> Result<Held, AttachError> {
+        let pin = self.pins.as_ref().map(|p| p.link_path(HOOK_TC, idx, name));
+        let prog = dp.tc_pod();
+        let attach_err = |error| AttachError::Attach {
+            program: super::object::PROG_TC_POD,
+            iface: name.to_string(),
+            error,
+        };
+        let link_err = |error| AttachError::Link {
+            iface: name.to_string(),
+            error,
+        };
+        if let Some(fd) = adopt(pin.as_ref(), name) {
+            let link = SchedClassifierLink::try_from(fd).map_err(link_err)?;
+            let id = prog.attach_to_link(link).map_err(attach_err)?;
+            let link =
+                FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?;
+            info!(iface = %name, "adopted pinned tc link: program replaced atomically");
+            return Ok(Held {
+                ifindex: idx,
+                _link: link,
+                pin,
+                mode: "tcx",
+            });
+        }
+        let id = prog
+            .attach(name, TcAttachType::Ingress)
+            .map_err(attach_err)?;
+        let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?;
+        let link = pin_link(link, pin.as_ref(), name)?;
+        info!(iface = %name, pinned = pin.is_some(), "attached tc ingress program");
+        Ok(Held {
+            ifindex: idx,
+            _link: link,
+            pin,
+            mode: "tcx",
+        })
     }
 
     /// Attach XDP to an external interface: native (driver) mode when the driver supports
@@ -76,26 +182,74 @@ impl Attachments {
         dp: &mut Datapath,
         name: &str,
     ) -> Result<&'static str, AttachError> {
-        if let Some((_, mode)) = self.xdp.get(name) {
-            return Ok(mode);
+        if let Some(h) = self.xdp.get(name) {
+            return Ok(h.mode);
         }
-        let (id, mode) = match dp.xdp_ext().attach(name, XdpMode::Driver) {
-            Ok(id) => (id, "native"),
-            Err(e) => {
-                warn!(iface = %name, error = %e, "native XDP refused; using generic (skb) mode");
-                let id = dp.xdp_ext().attach(name, XdpMode::Skb).map_err(|source| {
-                    AttachError::Attach {
-                        program: super::object::PROG_XDP_EXT,
-                        iface: name.to_string(),
-                        error: source,
-                    }
-                })?;
-                (id, "generic")
-            }
+        let idx = ifindex(name).ok_or_else(|| {
+            AttachError::List(std::io::Error::other(format!("no interface {name}")))
+        })?;
+        let pin = self.pins.as_ref().map(|p| p.link_path(HOOK_XDP, idx, name));
+        let prog = dp.xdp_ext();
+        let attach_err = |error| AttachError::Attach {
+            program: super::object::PROG_XDP_EXT,
+            iface: name.to_string(),
+            error,
         };
-        info!(iface = %name, mode, "attached xdp program");
-        self.xdp.insert(name.to_string(), (id, mode));
+        let link_err = |error| AttachError::Link {
+            iface: name.to_string(),
+            error,
+        };
+        let (link, mode) = if let Some(fd) = adopt(pin.as_ref(), name) {
+            let link = XdpLink::try_from(fd).map_err(link_err)?;
+            let id = prog.attach_to_link(link).map_err(attach_err)?;
+            info!(iface = %name, "adopted pinned xdp link: program replaced atomically");
+            (
+                FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?,
+                "adopted",
+            )
+        } else {
+            let (id, mode) = match prog.attach(name, XdpMode::Driver) {
+                Ok(id) => (id, "native"),
+                Err(e) => {
+                    warn!(iface = %name, error = %e, "native XDP refused; using generic (skb) mode");
+                    (
+                        prog.attach(name, XdpMode::Skb).map_err(attach_err)?,
+                        "generic",
+                    )
+                }
+            };
+            let link =
+                FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?;
+            (pin_link(link, pin.as_ref(), name)?, mode)
+        };
+        info!(iface = %name, mode, "xdp program attached");
+        self.xdp.insert(
+            name.to_string(),
+            Held {
+                ifindex: idx,
+                _link: link,
+                pin,
+                mode,
+            },
+        );
         Ok(mode)
+    }
+
+    /// Remove pins of this hook that no held link owns (interfaces gone while no agent ran).
+    fn drop_stale_pins(&self, hook: &str) -> Result<(), AttachError> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        let held = if hook == HOOK_TC { &self.tc } else { &self.xdp };
+        for p in pins.links()?.into_iter().filter(|p| p.hook == hook) {
+            if !held.values().any(|h| h.pin.as_ref() == Some(&p.path)) {
+                info!(pin = %p.path.display(), "removing stale link pin");
+                if let Err(e) = std::fs::remove_file(&p.path) {
+                    warn!(pin = %p.path.display(), error = %e, "removing stale link pin");
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn pod_interfaces(&self) -> impl Iterator<Item = &str> {
@@ -103,20 +257,43 @@ impl Attachments {
     }
 
     pub fn external_interfaces(&self) -> impl Iterator<Item = (&str, &'static str)> {
-        self.xdp.iter().map(|(n, (_, m))| (n.as_str(), *m))
+        self.xdp.iter().map(|(n, h)| (n.as_str(), h.mode))
     }
 
-    /// Detach everything (links of vanished interfaces are already gone).
-    pub fn detach_all(&mut self, dp: &mut Datapath) {
-        for (name, id) in std::mem::take(&mut self.tc) {
-            if let Err(e) = dp.tc_pod().detach(id) {
-                warn!(iface = %name, error = %e, "detaching tc program");
-            }
+    /// Detach everything and remove the link pins (for `skiff run --detach-on-exit`).
+    pub fn detach_all(&mut self) {
+        for (_, h) in std::mem::take(&mut self.tc)
+            .into_iter()
+            .chain(std::mem::take(&mut self.xdp))
+        {
+            h.release();
         }
-        for (name, (id, _)) in std::mem::take(&mut self.xdp) {
-            if let Err(e) = dp.xdp_ext().detach(id) {
-                warn!(iface = %name, error = %e, "detaching xdp program");
-            }
+    }
+}
+
+/// The link pinned at `pin`, if there is a usable one; an unusable pin is removed.
+fn adopt(pin: Option<&PathBuf>, iface: &str) -> Option<FdLink> {
+    let path = pin.filter(|p| p.exists())?;
+    match PinnedLink::from_pin(path) {
+        Ok(p) => Some(FdLink::from(p)),
+        Err(e) => {
+            warn!(iface, pin = %path.display(), error = %e, "unusable link pin: attaching anew");
+            let _ = std::fs::remove_file(path);
+            None
         }
+    }
+}
+
+fn pin_link(link: FdLink, pin: Option<&PathBuf>, iface: &str) -> Result<FdLink, AttachError> {
+    match pin {
+        None => Ok(link),
+        Some(path) => link
+            .pin(path)
+            .map(FdLink::from)
+            .map_err(|error| AttachError::Pin {
+                iface: iface.to_string(),
+                path: path.clone(),
+                error,
+            }),
     }
 }

@@ -5,6 +5,7 @@ pub mod abi;
 pub mod attach;
 pub mod maps;
 pub mod object;
+pub mod pins;
 pub mod testrun;
 pub mod writer;
 

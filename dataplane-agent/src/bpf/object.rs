@@ -6,7 +6,12 @@ use aya::{
 };
 use thiserror::Error;
 
-use super::maps::Maps;
+use dataplane_common::maps::{BACKENDS, CONNTRACK, SERVICES, STATS};
+
+use super::{maps::Maps, pins::PinDir};
+
+/// Maps whose contents must survive an agent restart (the per-CPU scratch map need not).
+pub const PINNED_MAPS: [&str; 4] = [SERVICES, BACKENDS, CONNTRACK, STATS];
 
 /// The eBPF object built by build.rs from `dataplane-ebpf` (empty with AYA_BUILD_SKIP).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skiff"));
@@ -42,12 +47,27 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Load the object and have the verifier check every program (nothing is attached).
+    /// Load the object with fresh, unpinned maps and have the verifier check every program
+    /// (nothing is attached): for `trace` and tests.
     pub fn load() -> Result<Self, LoadError> {
+        Self::load_with(None)
+    }
+
+    /// Load the object; with `pins`, the persistent maps are pinned there, and maps already
+    /// pinned there by an earlier agent are reused with their contents (connection tracking
+    /// and service state survive a restart).
+    pub fn load_with(pins: Option<&PinDir>) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, std::path::PathBuf)> = pins
+            .map(|p| PINNED_MAPS.iter().map(|m| (*m, p.map_path(m))).collect())
+            .unwrap_or_default();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         for name in PROGRAMS {
             let prog = ebpf
                 .program_mut(name)
