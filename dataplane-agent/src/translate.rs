@@ -680,7 +680,7 @@ mod tests {
     fn demo_examples_translate() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests");
         let state = crate::manifests::load_strict(format!("{root}/examples")).unwrap();
-        let config = NodeConfig::load(format!("{root}/demo-node.yaml")).unwrap();
+        let config = NodeConfig::load(format!("{root}/demo/node.yaml")).unwrap();
         assert_eq!(config.node_name, "demo-node");
         let d = translate(&state, &config);
 

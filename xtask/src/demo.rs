@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -27,7 +27,7 @@ pub struct DemoArgs {
     #[arg(long)]
     agent_logs: bool,
     /// Node configuration for the agent.
-    #[arg(long, default_value = "manifests/demo-node.yaml")]
+    #[arg(long, default_value = "manifests/demo/node.yaml")]
     config: PathBuf,
     /// Manifests directory for the agent (its Services and EndpointSlices shape the pods).
     #[arg(long, default_value = "manifests/examples")]
@@ -36,8 +36,6 @@ pub struct DemoArgs {
 
 /// Host-side veth names: `skd0` (client), `skd1`, ...
 const VETH_PREFIX: &str = "skd";
-/// Where the agent may pin (removed before and after the demo).
-const PIN_DIR: &str = "/sys/fs/bpf/skiff";
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 const TCP_ROUND: usize = 30;
 const UDP_ROUND: usize = 10;
@@ -291,13 +289,53 @@ fn log_tail(path: &Path) -> String {
     )
 }
 
-fn remove_pins() {
-    let dir = Path::new(PIN_DIR);
-    if dir.exists() {
-        match std::fs::remove_dir_all(dir) {
-            Ok(()) => println!("removed pins under {PIN_DIR}"),
-            Err(e) => eprintln!("warning: removing {PIN_DIR}: {e}"),
+/// The demo's own BPF filesystem (inside `ip netns exec`, /sys/fs/bpf is not one): the agent
+/// pins its maps and links there, and the demo removes them (`skiff cleanup`) and unmounts it.
+struct DemoBpffs {
+    mountpoint: PathBuf,
+}
+
+impl DemoBpffs {
+    fn mount() -> Result<DemoBpffs> {
+        let mountpoint = skiff_testbed::target_dir().join("xtask-demo").join("bpffs");
+        let fs = DemoBpffs { mountpoint };
+        // A previous demo killed before its cleanup may have left it mounted.
+        fs.unmount_quietly();
+        std::fs::create_dir_all(&fs.mountpoint)?;
+        crate::run(
+            Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(&fs.mountpoint),
+        )
+        .context("mounting the demo's bpffs")?;
+        Ok(fs)
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        self.mountpoint.join("skiff")
+    }
+
+    fn unmount_quietly(&self) {
+        let _ = Command::new("umount")
+            .arg(&self.mountpoint)
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Remove every pin (detaching the programs) and unmount.
+    fn teardown(self, bin: &Path) {
+        let ok = Command::new(bin)
+            .args(["cleanup", "--bpffs"])
+            .arg(self.pin_dir())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "warning: skiff cleanup --bpffs {} failed",
+                self.pin_dir().display()
+            );
         }
+        self.unmount_quietly();
     }
 }
 
@@ -330,10 +368,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     signal::install().context("installing the SIGINT handler")?;
     let _lock = skiff_testbed::serial();
-    remove_pins();
-    let result = demo(args, &bin, &config, &manifests_dir, &plan);
-    println!("\n==> cleaning up: stopping servers and the agent, deleting the namespaces");
-    remove_pins();
+    let bpffs = DemoBpffs::mount()?;
+    let result = demo(args, &bin, &config, &manifests_dir, &plan, &bpffs.pin_dir());
+    println!(
+        "\n==> cleaning up: stopping servers and the agent, deleting the namespaces, removing pins"
+    );
+    bpffs.teardown(&bin);
     let leftovers: Vec<String> = skiff_testbed::list_netns()?
         .into_iter()
         .filter(|n| {
@@ -354,7 +394,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     result
 }
 
-fn start(args: &DemoArgs, bin: &Path, config: &Path, dir: &Path, plan: &Plan) -> Result<Running> {
+fn start(
+    args: &DemoArgs,
+    bin: &Path,
+    config: &Path,
+    dir: &Path,
+    plan: &Plan,
+    pins: &Path,
+) -> Result<Running> {
     println!("\n==> building the node: network namespaces, veths, servers");
     let mut bed = TestBed::new()?;
     let mut servers = Vec::new();
@@ -426,7 +473,9 @@ fn start(args: &DemoArgs, bin: &Path, config: &Path, dir: &Path, plan: &Plan) ->
         .arg("--config")
         .arg(config)
         .arg("--manifests")
-        .arg(dir);
+        .arg(dir)
+        .arg("--bpffs")
+        .arg(pins);
     match &log {
         Some(path) => {
             let file =
@@ -438,11 +487,12 @@ fn start(args: &DemoArgs, bin: &Path, config: &Path, dir: &Path, plan: &Plan) ->
         }
     }
     println!(
-        "\n==> starting the agent: ip netns exec {} {} run --config {} --manifests {}",
+        "\n==> starting the agent: ip netns exec {} {} run --config {} --manifests {} --bpffs {}",
         bed.node(),
         rel(bin),
         rel(config),
-        rel(dir)
+        rel(dir),
+        rel(pins)
     );
     if let Some(path) = &log {
         println!("  its log: {}", path.display());
@@ -456,8 +506,15 @@ fn start(args: &DemoArgs, bin: &Path, config: &Path, dir: &Path, plan: &Plan) ->
     })
 }
 
-fn demo(args: &DemoArgs, bin: &Path, config: &Path, dir: &Path, plan: &Plan) -> Result<()> {
-    let mut running = start(args, bin, config, dir, plan)?;
+fn demo(
+    args: &DemoArgs,
+    bin: &Path,
+    config: &Path,
+    dir: &Path,
+    plan: &Plan,
+    pins: &Path,
+) -> Result<()> {
+    let mut running = start(args, bin, config, dir, plan, pins)?;
     let client_ns = running
         .bed
         .pod(&plan.client.name)
@@ -712,7 +769,7 @@ mod tests {
             );
         }
         let patterns =
-            manifests::pod_interfaces(&workspace_root().join("manifests/demo-node.yaml")).unwrap();
+            manifests::pod_interfaces(&workspace_root().join("manifests/demo/node.yaml")).unwrap();
         assert!(
             patterns.iter().any(|p| manifests::glob_match(p, "skd0")),
             "{patterns:?}"
