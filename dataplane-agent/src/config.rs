@@ -43,9 +43,10 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawNodeConfig {
-    node_name: String,
-    #[serde(rename = "nodeIPs")]
-    node_ips: Vec<String>,
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(rename = "nodeIPs", default)]
+    node_ips: Option<Vec<String>>,
     #[serde(rename = "clusterCIDRs", default)]
     cluster_cidrs: Vec<String>,
     #[serde(rename = "serviceCIDRs", default)]
@@ -96,12 +97,44 @@ impl NodeConfig {
 
     /// Parse and validate config text; `origin` names it in errors (usually the file path).
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
+        Self::parse(text, origin, None)
+    }
+
+    /// Kubernetes mode: `node_name` (from `--node-name`/`NODE_NAME`) overrides `nodeName`, and
+    /// `nodeIPs` may be absent: the agent then takes them from its Node object
+    /// ([`NodeConfig::with_node_ips`]), as kube-proxy does.
+    pub fn load_for_kubernetes(
+        path: impl AsRef<Path>,
+        node_name: Option<&str>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let path = path.as_ref();
+        let origin = path.display().to_string();
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            origin: origin.clone(),
+            error: source,
+        })?;
+        Self::parse(&text, &origin, Some(node_name))
+    }
+
+    fn parse(
+        text: &str,
+        origin: &str,
+        kubernetes: Option<Option<&str>>,
+    ) -> Result<NodeConfig, ConfigError> {
         let raw: RawNodeConfig =
             serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
                 origin: origin.to_string(),
                 error: source,
             })?;
-        Validator { origin }.validate(raw)
+        Validator { origin }.validate(raw, kubernetes)
+    }
+
+    /// This config with `ips` as the node's addresses when the file gave none.
+    pub fn with_node_ips(mut self, ips: impl IntoIterator<Item = IpAddr>) -> NodeConfig {
+        if self.node_ips.is_empty() {
+            self.node_ips = ips.into_iter().collect();
+        }
+        self
     }
 
     /// Whether `ip` is a pod address (inside one of `clusterCIDRs`).
@@ -153,16 +186,34 @@ impl Validator<'_> {
         }
     }
 
-    fn validate(&self, raw: RawNodeConfig) -> Result<NodeConfig, ConfigError> {
-        if raw.node_name.trim().is_empty() {
-            return Err(self.invalid("nodeName".into(), &raw.node_name, "must not be empty"));
+    /// `kubernetes`: `None` for the strict file-only mode; `Some(name)` in Kubernetes mode,
+    /// where `name` overrides `nodeName` and `nodeIPs` may be absent.
+    fn validate(
+        &self,
+        raw: RawNodeConfig,
+        kubernetes: Option<Option<&str>>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let node_name = match (kubernetes.flatten(), raw.node_name) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(name)) => name,
+            (None, None) => {
+                let hint = if kubernetes.is_some() {
+                    "required (or --node-name / NODE_NAME)"
+                } else {
+                    "required"
+                };
+                return Err(self.invalid("nodeName".into(), "", hint));
+            }
+        };
+        if node_name.trim().is_empty() {
+            return Err(self.invalid("nodeName".into(), &node_name, "must not be empty"));
         }
-        if raw.node_ips.is_empty() {
+        let raw_ips = raw.node_ips.unwrap_or_default();
+        if raw_ips.is_empty() && kubernetes.is_none() {
             // Without them the agent cannot tell host-originated traffic or serve NodePorts.
             return Err(self.invalid("nodeIPs".into(), "[]", "list every address of this node"));
         }
-        let node_ips = raw
-            .node_ips
+        let node_ips = raw_ips
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -198,7 +249,7 @@ impl Validator<'_> {
             self.check_interface_name(i, name)?;
         }
         Ok(NodeConfig {
-            node_name: raw.node_name,
+            node_name,
             node_ips,
             cluster_cidrs,
             service_cidrs,
@@ -481,5 +532,32 @@ mod tests {
                 ("externalInterfaces[0]".to_string(), bad.to_string())
             );
         }
+    }
+
+    #[test]
+    fn kubernetes_mode_takes_name_from_flag_and_ips_later() {
+        let dir = std::env::temp_dir().join(format!("skiff-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, "clusterCIDRs: [10.244.0.0/16]\n").unwrap();
+        let cfg = NodeConfig::load_for_kubernetes(&path, Some("node-7")).unwrap();
+        assert_eq!(cfg.node_name, "node-7");
+        assert!(cfg.node_ips.is_empty());
+        let cfg = cfg.with_node_ips([ip("192.0.2.7")]);
+        assert_eq!(cfg.node_ips, vec![ip("192.0.2.7")]);
+        // Addresses from the file win over the Node object's.
+        std::fs::write(&path, "nodeName: n\nnodeIPs: [192.0.2.1]\n").unwrap();
+        let cfg = NodeConfig::load_for_kubernetes(&path, None).unwrap();
+        assert_eq!(cfg.node_name, "n");
+        assert_eq!(
+            cfg.with_node_ips([ip("192.0.2.7")]).node_ips,
+            vec![ip("192.0.2.1")]
+        );
+        let err = NodeConfig::load_for_kubernetes(&path, Some("")).unwrap_err();
+        assert!(err.to_string().contains("nodeName"), "{err}");
+        std::fs::write(&path, "nodeIPs: [192.0.2.1]\n").unwrap();
+        let err = NodeConfig::load_for_kubernetes(&path, None).unwrap_err();
+        assert!(err.to_string().contains("NODE_NAME"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,9 +4,13 @@
 pub mod bpf;
 pub mod config;
 pub mod desired;
+pub mod http;
+pub mod kube_source;
 pub mod manifests;
+pub mod metrics;
 pub mod model;
 pub mod packet;
 pub mod run;
+pub mod status;
 pub mod trace;
 pub mod translate;

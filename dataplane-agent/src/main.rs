@@ -25,14 +25,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: program the maps from the manifests directory and attach the programs.
+    /// Run the agent: program the maps from manifests or the Kubernetes API and attach the programs.
     Run {
         /// Node configuration (YAML).
         #[arg(long)]
         config: PathBuf,
         /// Directory of Kubernetes manifests (Services, EndpointSlices, ...), watched for changes.
+        #[arg(
+            long,
+            required_unless_present = "kubernetes",
+            conflicts_with = "kubernetes"
+        )]
+        manifests: Option<PathBuf>,
+        /// Watch the Kubernetes API (in-cluster config, or --kubeconfig).
         #[arg(long)]
-        manifests: PathBuf,
+        kubernetes: bool,
+        /// Kubeconfig file for --kubernetes (default: in-cluster config, then $KUBECONFIG).
+        #[arg(long, requires = "kubernetes")]
+        kubeconfig: Option<PathBuf>,
+        /// This node's name (Kubernetes mode; overrides nodeName in the config).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
         /// How often the manifests directory is checked for changes, in milliseconds.
         #[arg(long, default_value_t = 500)]
         poll_ms: u64,
@@ -45,6 +58,19 @@ enum Command {
         /// On SIGTERM/SIGINT detach the programs and remove the link pins (maps stay pinned).
         #[arg(long)]
         detach_on_exit: bool,
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:10249).
+        #[arg(long)]
+        metrics_address: Option<std::net::SocketAddr>,
+        /// Directory for status.json (read by `skiff status`).
+        #[arg(long, default_value = skiff::status::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// What is loaded and attached, map fill levels, the last sync and packet counters.
+    Status {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long, default_value = skiff::status::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Remove every program, link, pin and map skiff created (stop the agent first).
     Cleanup {
@@ -99,30 +125,56 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             config,
             manifests,
+            kubernetes,
+            kubeconfig,
+            node_name,
             poll_ms,
             bpffs,
             no_pin,
             detach_on_exit,
+            metrics_address,
+            state_dir,
         } => {
-            let config = NodeConfig::load(&config)?;
-            if !manifests.is_dir() {
-                bail!("--manifests {}: not a directory", manifests.display());
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let (config, source) = if kubernetes {
+                let config = NodeConfig::load_for_kubernetes(&config, node_name.as_deref())?;
+                let source =
+                    skiff::run::SourceConfig::Kubernetes(skiff::kube_source::KubeOptions {
+                        kubeconfig,
+                        node_name: config.node_name.clone(),
+                        debounce: Duration::from_millis(100),
+                    });
+                (config, source)
+            } else {
+                let dir = manifests.expect("clap requires --manifests without --kubernetes");
+                if !dir.is_dir() {
+                    bail!("--manifests {}: not a directory", dir.display());
+                }
+                let source = skiff::run::SourceConfig::Manifests {
+                    dir,
+                    poll: Duration::from_millis(poll_ms),
+                };
+                (NodeConfig::load(&config)?, source)
+            };
             let pins = if no_pin {
                 None
             } else {
                 Some(skiff::bpf::pins::PinDir::open(&bpffs)?)
             };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(skiff::run::run(skiff::run::RunOptions {
                 config,
-                manifests,
-                poll: Duration::from_millis(poll_ms),
+                source,
                 pins,
                 detach_on_exit,
+                metrics_address,
+                state_dir: Some(state_dir),
             }))
+        }
+        Command::Status { bpffs, state_dir } => {
+            print!("{}", skiff::status::status_report(&bpffs, &state_dir)?);
+            Ok(())
         }
         Command::Trace {
             config,

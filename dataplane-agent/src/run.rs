@@ -1,117 +1,334 @@
-//! `skiff run`: the agent. Sources feed one store of last-good objects; on any change the
-//! whole desired state is recomputed by the pure translation and the writer applies the diff.
-//! Interfaces are rescanned so new pods get the TC program.
+//! `skiff run`: the agent. A source (manifests directory or Kubernetes API) delivers whole
+//! cluster states; on each change the desired map state is recomputed by the one pure
+//! translation and the writer applies the diff. Interfaces are rescanned so new pods get the
+//! TC program; metrics, readiness and a status file report what happened.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use dataplane_common::maps::{
+    BACKENDS, BACKENDS_MAX, CONNTRACK, CONNTRACK_MAX, SERVICES, SERVICES_MAX,
+};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::bpf::{attach, pins::PinDir, writer::Writer, Datapath};
 use crate::config::NodeConfig;
+use crate::kube_source::{KubeOptions, KubeSource};
 use crate::manifests::{DirWatcher, ManifestStore};
+use crate::metrics::Metrics;
+use crate::model::ClusterState;
+use crate::status::{self, AgentStatus};
 use crate::translate::translate;
+
+/// Where cluster objects come from.
+pub enum SourceConfig {
+    Manifests { dir: PathBuf, poll: Duration },
+    Kubernetes(KubeOptions),
+}
 
 pub struct RunOptions {
     pub config: NodeConfig,
-    pub manifests: PathBuf,
-    pub poll: Duration,
+    pub source: SourceConfig,
     /// Where maps and links are pinned; `None` runs without pins (state dies with the agent).
     pub pins: Option<PinDir>,
     /// Detach and unpin the links on SIGTERM/SIGINT instead of leaving them for the next agent.
     pub detach_on_exit: bool,
+    /// Serve /metrics, /healthz and /readyz here.
+    pub metrics_address: Option<SocketAddr>,
+    /// Where `status.json` is written after each sync (read by `skiff status`).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// One full view of the cluster from a source.
+struct Update {
+    state: ClusterState,
+    problems: Vec<String>,
+    watch_restarts: u64,
+}
+
+enum Source {
+    Manifests {
+        dir: PathBuf,
+        watcher: DirWatcher,
+        store: ManifestStore,
+    },
+    Kube(Box<KubeSource>),
+}
+
+impl Source {
+    async fn open(cfg: SourceConfig) -> anyhow::Result<Source> {
+        Ok(match cfg {
+            SourceConfig::Manifests { dir, poll } => Source::Manifests {
+                watcher: DirWatcher::new(&dir, poll),
+                dir,
+                store: ManifestStore::new(),
+            },
+            SourceConfig::Kubernetes(opts) => Source::Kube(Box::new(
+                KubeSource::connect(opts)
+                    .await
+                    .context("connecting to the Kubernetes API")?,
+            )),
+        })
+    }
+
+    fn describe(&self) -> status::Source {
+        match self {
+            Source::Manifests { dir, .. } => status::Source::Manifests(dir.clone()),
+            Source::Kube(_) => status::Source::Kubernetes,
+        }
+    }
+
+    /// The next full state: the first call returns the initial one (for Kubernetes, once every
+    /// kind has been listed), later calls wait for a change; bursts coalesce into one.
+    async fn next(&mut self) -> Result<Update, String> {
+        match self {
+            Source::Manifests {
+                dir,
+                watcher,
+                store,
+            } => {
+                let snapshot = watcher
+                    .changed()
+                    .await
+                    .map_err(|e| format!("watching {}: {e}", dir.display()))?;
+                let problems = store
+                    .apply(&snapshot)
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect();
+                Ok(Update {
+                    state: store.cluster_state(),
+                    problems,
+                    watch_restarts: 0,
+                })
+            }
+            Source::Kube(k) => {
+                let u = k.changed().await.map_err(|e| e.to_string())?;
+                Ok(Update {
+                    state: u.state,
+                    problems: u.problems,
+                    watch_restarts: u.watch_restarts,
+                })
+            }
+        }
+    }
+}
+
+/// This node's addresses from its Node object (InternalIP and ExternalIP), as kube-proxy
+/// takes them when none are configured.
+fn node_ips(state: &ClusterState, node: &str) -> Vec<IpAddr> {
+    let Some(n) = state.nodes.get(node) else {
+        return Vec::new();
+    };
+    n.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+struct Agent {
+    dp: Datapath,
+    writer: Writer,
+    config: NodeConfig,
+    metrics: Arc<Metrics>,
+    status: AgentStatus,
+    status_path: Option<PathBuf>,
+    attachments: attach::Attachments,
+}
+
+impl Agent {
+    /// Translate a full state and apply the difference to the maps.
+    fn apply(&mut self, update: Update) {
+        let started = Instant::now();
+        for p in &update.problems {
+            // The source kept the last good version of whatever this names.
+            warn!("{p}; keeping its last good state");
+        }
+        self.metrics.watch_restarts(update.watch_restarts);
+        let config = self
+            .config
+            .clone()
+            .with_node_ips(node_ips(&update.state, &self.config.node_name));
+        let desired = translate(&update.state, &config);
+        match self.writer.sync(&mut self.dp.maps, &desired) {
+            Ok(report) => {
+                let took = started.elapsed();
+                info!(
+                    frontends = desired.frontends.len(),
+                    changes = report.ops,
+                    map_services = report.services,
+                    map_backends = report.backends,
+                    took_ms = took.as_secs_f64() * 1e3,
+                    "synced"
+                );
+                self.metrics.observe_sync(took, report.ops);
+                self.metrics.set_ready();
+                self.status
+                    .synced(took, report.ops, desired.frontends.len());
+            }
+            Err(e) => {
+                error!("sync failed: {e}");
+                self.metrics.sync_failed();
+                self.status.sync_failed(started.elapsed(), &e);
+            }
+        }
+        self.refresh_usage();
+        self.write_status();
+    }
+
+    fn attach_pods(&mut self) {
+        match attach::interfaces() {
+            Ok(all) => {
+                let wanted: Vec<String> = all
+                    .into_iter()
+                    .filter(|n| self.config.matches_pod_interface(n))
+                    .collect();
+                for e in self.attachments.sync_pods(&mut self.dp, &wanted) {
+                    // An interface can vanish between listing and attaching (pod deleted).
+                    warn!("{e}");
+                }
+            }
+            Err(e) => error!("{e}"),
+        }
+        let attached: Vec<status::Attached> = self
+            .attachments
+            .pod_interfaces()
+            .map(|i| status::Attached {
+                iface: i.to_string(),
+                hook: status::Hook::TcIngress,
+                mode: "tcx".into(),
+            })
+            .chain(
+                self.attachments
+                    .external_interfaces()
+                    .map(|(i, m)| status::Attached {
+                        iface: i.to_string(),
+                        hook: status::Hook::Xdp,
+                        mode: m.into(),
+                    }),
+            )
+            .collect();
+        if attached != self.status.attached {
+            self.status.attached = attached;
+            self.write_status();
+        }
+    }
+
+    /// Map fill levels and packet counters for the metrics.
+    fn refresh_usage(&mut self) {
+        let current = self.writer.current();
+        let m = &self.metrics;
+        m.set_map_usage(SERVICES, current.services.len() as u64, SERVICES_MAX.into());
+        m.set_map_usage(BACKENDS, current.backends.len() as u64, BACKENDS_MAX.into());
+        match self
+            .dp
+            .maps
+            .conntrack
+            .keys()
+            .try_fold(0u64, |n, k| k.map(|_| n + 1))
+        {
+            Ok(n) => {
+                m.set_map_usage(CONNTRACK, n, CONNTRACK_MAX.into());
+                m.set_conntrack_entries(n);
+            }
+            Err(e) => warn!("counting conntrack entries: {e}"),
+        }
+        match self.dp.maps.stats() {
+            Ok(s) => m.set_packets(&s),
+            Err(e) => warn!("reading packet counters: {e}"),
+        }
+    }
+
+    fn write_status(&self) {
+        if let Some(path) = &self.status_path {
+            if let Err(e) = self.status.write_atomic(path) {
+                warn!("writing {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// Load, program and attach; then follow changes until SIGINT/SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let RunOptions {
         config,
-        manifests,
-        poll,
+        source,
         pins,
         detach_on_exit,
+        metrics_address,
+        state_dir,
     } = opts;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = metrics_address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        info!(%addr, "serving /metrics, /healthz, /readyz");
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listener, m).await {
+                error!("metrics server stopped: {e}");
+            }
+        });
+    }
     // Pinned maps of an earlier agent are reused with their contents: conntrack survives.
-    let mut dp = Datapath::load_with(pins.as_ref()).context("loading the eBPF programs")?;
+    let dp = Datapath::load_with(pins.as_ref()).context("loading the eBPF programs")?;
     for (name, insns) in dp.verified_instructions() {
         info!(program = name, verified_insns = insns, "program loaded");
     }
-    let mut writer = Writer::new(&dp.maps).context("reading the maps")?;
-    let mut store = ManifestStore::new();
-    let mut watcher = DirWatcher::new(&manifests, poll);
-    let mut attachments = attach::Attachments::new(pins);
-
-    let sync = |dp: &mut Datapath, store: &ManifestStore, writer: &mut Writer| {
-        let started = Instant::now();
-        let desired = translate(&store.cluster_state(), &config);
-        match writer.sync(&mut dp.maps, &desired) {
-            Ok(report) => info!(
-                frontends = desired.frontends.len(),
-                changes = report.ops,
-                map_services = report.services,
-                map_backends = report.backends,
-                took_ms = started.elapsed().as_secs_f64() * 1e3,
-                "synced"
-            ),
-            Err(e) => error!("sync failed: {e}"),
-        }
+    let writer = Writer::new(&dp.maps).context("reading the maps")?;
+    let mut source = Source::open(source).await?;
+    let mut agent = Agent {
+        dp,
+        writer,
+        metrics,
+        status: AgentStatus::new(source.describe()),
+        status_path: state_dir.as_deref().map(status::status_path),
+        attachments: attach::Attachments::new(pins),
+        config,
     };
 
-    // The first scan returns at once: program the maps before any packet can meet a program.
-    let on_change = |dp: &mut Datapath, store: &mut ManifestStore, writer: &mut Writer, changed| {
-        match changed {
-            Ok(snapshot) => {
-                for problem in store.apply(&snapshot) {
-                    // The store kept the last good version of whatever this names.
-                    error!("{problem}; keeping its last good state");
-                }
-                sync(dp, store, writer);
-            }
-            Err(e) => error!("watching {}: {e}", manifests.display()),
-        }
-    };
-    let first = watcher.changed().await;
-    on_change(&mut dp, &mut store, &mut writer, first);
-    for name in &config.external_interfaces {
-        if let Err(e) = attachments.attach_external(&mut dp, name) {
+    // Program the maps from the first full state before any program is (re)attached: a
+    // restarted agent reconciles the pinned maps first, then swaps the programs.
+    match source.next().await {
+        Ok(update) => agent.apply(update),
+        Err(e) => error!("{e}"),
+    }
+    for name in agent.config.external_interfaces.clone() {
+        if let Err(e) = agent.attachments.attach_external(&mut agent.dp, &name) {
             error!("{e}");
         }
     }
-    let attach_pods =
-        |dp: &mut Datapath, attachments: &mut attach::Attachments| match attach::interfaces() {
-            Ok(all) => {
-                let wanted: Vec<String> = all
-                    .into_iter()
-                    .filter(|n| config.matches_pod_interface(n))
-                    .collect();
-                for e in attachments.sync_pods(dp, &wanted) {
-                    // An interface can vanish between listing and attaching (pod deleted).
-                    warn!("{e}");
-                }
-            }
-            Err(e) => error!("{e}"),
-        };
-    attach_pods(&mut dp, &mut attachments);
-    info!(manifests = %manifests.display(), "skiff is running");
+    agent.attach_pods();
+    info!("skiff is running");
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut iface_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut usage_tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            // Returns only on a change; bursts of edits within one poll interval coalesce
-            // into one sync.
-            changed = watcher.changed() => on_change(&mut dp, &mut store, &mut writer, changed),
-            _ = iface_tick.tick() => attach_pods(&mut dp, &mut attachments),
+            update = source.next() => match update {
+                Ok(update) => agent.apply(update),
+                Err(e) => error!("{e}"),
+            },
+            _ = iface_tick.tick() => agent.attach_pods(),
+            _ = usage_tick.tick() => agent.refresh_usage(),
         }
     }
     if detach_on_exit {
         info!("shutting down: detaching programs and removing link pins");
-        attachments.detach_all();
+        agent.attachments.detach_all();
     } else {
         info!("shutting down: programs stay attached (pinned) for the next agent");
     }
