@@ -40,7 +40,8 @@ enum Command {
         /// Watch the Kubernetes API (in-cluster config, or --kubeconfig).
         #[arg(long)]
         kubernetes: bool,
-        /// Kubeconfig file for --kubernetes (default: in-cluster config, then $KUBECONFIG).
+        /// Kubeconfig file for --kubernetes (default: $KUBECONFIG or ~/.kube/config, else the
+        /// in-cluster service account).
         #[arg(long, requires = "kubernetes")]
         kubeconfig: Option<PathBuf>,
         /// This node's name (Kubernetes mode; overrides nodeName in the config).

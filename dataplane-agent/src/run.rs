@@ -286,6 +286,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let writer = Writer::new(&dp.maps).context("reading the maps")?;
     let mut source = Source::open(source).await?;
+    let pin_dir = pins.clone();
     let mut agent = Agent {
         dp,
         writer,
@@ -308,6 +309,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     agent.attach_pods();
+    // Every link now runs this version's programs: maps of an older layout are unused.
+    if let Some(pins) = &pin_dir {
+        match pins.remove_stale_maps(&crate::bpf::object::PINNED_MAPS) {
+            Ok(removed) => {
+                for p in removed {
+                    info!(pin = %p.display(), "removed the pin of a map of an older layout");
+                }
+            }
+            Err(e) => warn!("removing stale map pins: {e}"),
+        }
+    }
     info!("skiff is running");
 
     let mut sigterm = signal(SignalKind::terminate())?;

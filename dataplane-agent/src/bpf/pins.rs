@@ -108,6 +108,23 @@ impl PinDir {
     pub fn links(&self) -> Result<Vec<LinkPin>, PinError> {
         list_links(&self.links_dir())
     }
+
+    /// Remove map pins whose names are not in `current`: maps of an older layout version. Call
+    /// it only once every link runs the current programs (which no longer use those maps);
+    /// the kernel frees a map when its last pin and program reference are gone.
+    pub fn remove_stale_maps(&self, current: &[&str]) -> Result<Vec<PathBuf>, PinError> {
+        let dir = self.maps_dir();
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if name.is_some_and(|n| !current.contains(&n.as_str())) {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
 }
 
 fn list_links(dir: &Path) -> Result<Vec<LinkPin>, PinError> {
