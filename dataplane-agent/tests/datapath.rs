@@ -414,80 +414,32 @@ fn tcp_syn_after_reset_starts_a_new_connection() {
         backends(&["10.244.1.11", "10.244.1.12"], 8080, Protocol::Tcp),
     )]);
     let (mut dp, _w) = loaded(&d);
-    let (out, _) = run(
-        &mut dp,
-        Hook::TcPod,
-        &spec(
-            Protocol::Tcp,
-            "10.244.1.5",
-            40_000,
-            "10.96.0.10",
-            80,
-            TCP_SYN,
-        ),
-    );
-    assert_eq!(out.reason, Some(Reason::NatNew));
-    let (out, _) = run(
-        &mut dp,
-        Hook::TcPod,
-        &spec(
-            Protocol::Tcp,
-            "10.244.1.5",
-            40_000,
-            "10.96.0.10",
-            80,
-            TCP_ACK,
-        ),
-    );
-    assert_eq!(out.reason, Some(Reason::NatEstablished));
-    let (out, _) = run(
-        &mut dp,
-        Hook::TcPod,
-        &spec(
-            Protocol::Tcp,
-            "10.244.1.5",
-            40_000,
-            "10.96.0.10",
-            80,
+    // One client tuple; each step sends a packet with these flags and expects this reason.
+    let steps = [
+        (TCP_SYN, Reason::NatNew, "a new connection"),
+        (TCP_ACK, Reason::NatEstablished, "established"),
+        (
             TCP_RST | TCP_ACK,
+            Reason::NatEstablished,
+            "the RST itself is still translated",
         ),
-    );
-    assert_eq!(
-        out.reason,
-        Some(Reason::NatEstablished),
-        "the RST itself is still translated"
-    );
-    let (out, _) = run(
-        &mut dp,
-        Hook::TcPod,
-        &spec(
-            Protocol::Tcp,
-            "10.244.1.5",
-            40_000,
-            "10.96.0.10",
-            80,
+        (
             TCP_SYN,
+            Reason::NatNew,
+            "a SYN on a reset tuple is a new connection",
         ),
-    );
-    assert_eq!(
-        out.reason,
-        Some(Reason::NatNew),
-        "a SYN on a reset tuple is a new connection"
-    );
-    // FIN keeps translating (half-close) until the closing timeout.
-    let (out, _) = run(
-        &mut dp,
-        Hook::TcPod,
-        &spec(
-            Protocol::Tcp,
-            "10.244.1.5",
-            40_000,
-            "10.96.0.10",
-            80,
+        // FIN keeps translating (half-close) until the closing timeout.
+        (
             TCP_FIN | TCP_ACK,
+            Reason::NatEstablished,
+            "FIN of a live connection",
         ),
-    );
-    assert_eq!(out.reason, Some(Reason::NatEstablished));
+    ];
+    for (flags, want, why) in steps {
+        let s = spec(Protocol::Tcp, "10.244.1.5", 40_000, "10.96.0.10", 80, flags);
+        let (out, _) = run(&mut dp, Hook::TcPod, &s);
+        assert_eq!(out.reason, Some(want), "{why}");
+    }
 }
 
 #[test]

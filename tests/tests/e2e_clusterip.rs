@@ -290,6 +290,57 @@ impl Node {
     }
 }
 
+/// Services `web` (VIP:80 -> 8080, replies with the pod name) and `echo` (10.96.0.90:90 ->
+/// 9090, a line echo for held connections) over the same endpoints.
+fn web_and_echo(b: &[&Pod]) -> String {
+    service("web", VIP, None, 80, "TCP", 8080, b)
+        + "---\n"
+        + &service("echo", "10.96.0.90", None, 90, "TCP", 9090, b)
+}
+
+/// A node with three backends behind `web_and_echo`, both services answering.
+fn start_web_and_echo() -> Result<Node> {
+    let node = Node::start(3, |b| vec![("svc.yaml".into(), web_and_echo(b))])?;
+    node.wait_ready(ip(VIP), 80)?;
+    node.wait_echo(ip("10.96.0.90"), 90)?;
+    Ok(node)
+}
+
+/// Each held connection saw every echo, was never reset, and never changed backend.
+fn assert_held_intact(held: Vec<LongLivedClient>) {
+    for c in held {
+        let stats = c.stop();
+        assert_eq!(
+            stats.failures, 0,
+            "an established connection broke: {stats:?}"
+        );
+        assert!(!stats.connection_lost, "{stats:?}");
+        assert_eq!(
+            stats.backends.len(),
+            1,
+            "an established connection moved: {stats:?}"
+        );
+    }
+}
+
+/// Rounds of new connections to `web` until none reaches `pod`: no round may fail.
+fn wait_until_avoided(node: &Node, pod: &str) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rounds = 0;
+    loop {
+        let t = tcp_round(node.client.ns(), ip(VIP), 80, 20, TIMEOUT)?;
+        assert_eq!(t.failures, 0, "{:?}", t.errors);
+        rounds += 1;
+        if !t.answers.contains_key(pod) {
+            return Ok(rounds);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pod} still chosen 10 s after its removal"
+        );
+    }
+}
+
 fn names(pods: &[Pod]) -> Vec<String> {
     pods.iter().map(|p| p.name.clone()).collect()
 }
@@ -400,25 +451,19 @@ fn traffic_keeps_flowing_while_an_unrelated_service_comes_and_goes() -> Result<(
 fn removing_an_endpoint_while_traffic_flows_drops_nothing() -> Result<()> {
     require_root();
     let _serial = serial();
-    let both = |b: &[&Pod]| {
-        service("web", VIP, None, 80, "TCP", 8080, b)
-            + "---\n"
-            + &service("echo", "10.96.0.90", None, 90, "TCP", 9090, b)
-    };
-    let node = Node::start(3, |b| vec![("svc.yaml".into(), both(b))])?;
-    node.wait_ready(ip(VIP), 80)?;
-    node.wait_echo(ip("10.96.0.90"), 90)?;
+    let node = start_web_and_echo()?;
     // Held connections, spread over the three backends.
-    let mut held = Vec::new();
-    for _ in 0..24 {
-        held.push(LongLivedClient::start(
-            node.client.ns(),
-            ip("10.96.0.90"),
-            90,
-            Duration::from_millis(50),
-            Duration::from_secs(60),
-        )?);
-    }
+    let held: Vec<LongLivedClient> = (0..24)
+        .map(|_| {
+            LongLivedClient::start(
+                node.client.ns(),
+                ip("10.96.0.90"),
+                90,
+                Duration::from_millis(50),
+                Duration::from_secs(60),
+            )
+        })
+        .collect::<Result<_>>()?;
     std::thread::sleep(Duration::from_millis(300));
     let on_be2 = held
         .iter()
@@ -428,22 +473,9 @@ fn removing_an_endpoint_while_traffic_flows_drops_nothing() -> Result<()> {
 
     // be2 leaves both services (its pod keeps running, like a pod that failed readiness).
     let remaining: Vec<&Pod> = node.backends[..2].iter().collect();
-    node.write("svc.yaml", &both(&remaining))?;
+    node.write("svc.yaml", &web_and_echo(&remaining))?;
     // New connections never fail, and soon never reach be2.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut rounds = 0;
-    loop {
-        let t = tcp_round(node.client.ns(), ip(VIP), 80, 20, TIMEOUT)?;
-        assert_eq!(t.failures, 0, "{:?}", t.errors);
-        rounds += 1;
-        if !t.answers.contains_key("be2") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "be2 still chosen 10 s after its removal"
-        );
-    }
+    let rounds = wait_until_avoided(&node, "be2")?;
     // Settled: a larger round avoids be2 entirely.
     let t = tcp_round(node.client.ns(), ip(VIP), 80, 60, TIMEOUT)?;
     assert_eq!(t.failures, 0, "{:?}", t.errors);
@@ -452,16 +484,7 @@ fn removing_an_endpoint_while_traffic_flows_drops_nothing() -> Result<()> {
 
     // Established connections, be2's included, kept working throughout.
     std::thread::sleep(Duration::from_millis(300));
-    for c in held {
-        let stats = c.stop();
-        assert_eq!(stats.failures, 0, "held connection broke: {stats:?}");
-        assert!(!stats.connection_lost, "{stats:?}");
-        assert_eq!(
-            stats.backends.len(),
-            1,
-            "a held connection moved: {stats:?}"
-        );
-    }
+    assert_held_intact(held);
     println!("converged after {rounds} round(s); {on_be2} held connections on be2 kept working");
     Ok(())
 }
@@ -470,14 +493,7 @@ fn removing_an_endpoint_while_traffic_flows_drops_nothing() -> Result<()> {
 fn agent_killed_and_restarted_three_times_under_load_fails_no_connection() -> Result<()> {
     require_root();
     let _serial = serial();
-    let both = |b: &[&Pod]| {
-        service("web", VIP, None, 80, "TCP", 8080, b)
-            + "---\n"
-            + &service("echo", "10.96.0.90", None, 90, "TCP", 9090, b)
-    };
-    let mut node = Node::start(3, |b| vec![("svc.yaml".into(), both(b))])?;
-    node.wait_ready(ip(VIP), 80)?;
-    node.wait_echo(ip("10.96.0.90"), 90)?;
+    let mut node = start_web_and_echo()?;
     let held: Vec<LongLivedClient> = (0..6)
         .map(|_| {
             LongLivedClient::start(
@@ -514,19 +530,8 @@ fn agent_killed_and_restarted_three_times_under_load_fails_no_connection() -> Re
     // The last agent is in control: an endpoint change made now takes effect.
     std::thread::sleep(Duration::from_millis(700));
     let remaining: Vec<&Pod> = node.backends[..2].iter().collect();
-    node.write("svc.yaml", &both(&remaining))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let t = tcp_round(node.client.ns(), ip(VIP), 80, 30, TIMEOUT)?;
-        assert_eq!(t.failures, 0, "{:?}", t.errors);
-        if !t.answers.contains_key("be2") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted agent did not apply a change within 10 s"
-        );
-    }
+    node.write("svc.yaml", &web_and_echo(&remaining))?;
+    wait_until_avoided(&node, "be2")?;
 
     stop.store(true, Ordering::Relaxed);
     let tally = load.join().expect("load thread")?;
@@ -541,18 +546,6 @@ fn agent_killed_and_restarted_three_times_under_load_fails_no_connection() -> Re
         "failed connections during restarts: {:?}",
         tally.errors
     );
-    for c in held {
-        let stats = c.stop();
-        assert_eq!(
-            stats.failures, 0,
-            "an established connection broke: {stats:?}"
-        );
-        assert!(!stats.connection_lost, "{stats:?}");
-        assert_eq!(
-            stats.backends.len(),
-            1,
-            "an established connection moved: {stats:?}"
-        );
-    }
+    assert_held_intact(held);
     Ok(())
 }

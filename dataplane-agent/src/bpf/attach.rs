@@ -139,15 +139,8 @@ impl Attachments {
     fn attach_tc(&mut self, dp: &mut Datapath, name: &str, idx: u32) -> Result<Held, AttachError> {
         let pin = self.pins.as_ref().map(|p| p.link_path(HOOK_TC, idx, name));
         let prog = dp.tc_pod();
-        let attach_err = |error| AttachError::Attach {
-            program: super::object::PROG_TC_POD,
-            iface: name.to_string(),
-            error,
-        };
-        let link_err = |error| AttachError::Link {
-            iface: name.to_string(),
-            error,
-        };
+        let attach_err = attach_error(super::object::PROG_TC_POD, name);
+        let link_err = link_error(name);
         if let Some(fd) = adopt(pin.as_ref(), name) {
             let link = SchedClassifierLink::try_from(fd).map_err(link_err)?;
             let id = prog.attach_to_link(link).map_err(attach_err)?;
@@ -190,15 +183,8 @@ impl Attachments {
         })?;
         let pin = self.pins.as_ref().map(|p| p.link_path(HOOK_XDP, idx, name));
         let prog = dp.xdp_ext();
-        let attach_err = |error| AttachError::Attach {
-            program: super::object::PROG_XDP_EXT,
-            iface: name.to_string(),
-            error,
-        };
-        let link_err = |error| AttachError::Link {
-            iface: name.to_string(),
-            error,
-        };
+        let attach_err = attach_error(super::object::PROG_XDP_EXT, name);
+        let link_err = link_error(name);
         let (link, mode) = if let Some(fd) = adopt(pin.as_ref(), name) {
             let link = XdpLink::try_from(fd).map_err(link_err)?;
             let id = prog.attach_to_link(link).map_err(attach_err)?;
@@ -268,6 +254,24 @@ impl Attachments {
         {
             h.release();
         }
+    }
+}
+
+fn attach_error<'a>(
+    program: &'static str,
+    iface: &'a str,
+) -> impl Fn(ProgramError) -> AttachError + Copy + 'a {
+    move |error| AttachError::Attach {
+        program,
+        iface: iface.to_string(),
+        error,
+    }
+}
+
+fn link_error(iface: &str) -> impl Fn(LinkError) -> AttachError + Copy + '_ {
+    move |error| AttachError::Link {
+        iface: iface.to_string(),
+        error,
     }
 }
 
