@@ -140,7 +140,7 @@ enum Usability {
     /// Takes new connections.
     Ready,
     /// Shutting down but still serving: kube-proxy's fallback when a Service port has no
-    /// ready endpoint at all. Not used yet.
+    /// ready endpoint at all (so that a rolling update of every pod does not black-hole it).
     ServingTerminating,
     Unusable,
 }
@@ -155,8 +155,10 @@ fn usability(c: &EndpointConditions) -> Usability {
     }
 }
 
-/// The backends of a ClusterIP frontend: ready endpoints, restricted to this node's with
-/// `internalTrafficPolicy: Local`; sorted, without duplicates (slices may overlap).
+/// The backends of a ClusterIP frontend, as kube-proxy's `CategorizeEndpoints` picks them:
+/// the ready endpoints, or, when there is none, the serving-and-terminating ones; with
+/// `internalTrafficPolicy: Local` the same choice made among this node's endpoints only.
+/// Sorted, without duplicates (slices may overlap).
 fn cluster_ip_backends(
     svc: &Service,
     endpoints: &[PortEndpoint<'_>],
@@ -164,13 +166,21 @@ fn cluster_ip_backends(
 ) -> Vec<BackendAddr> {
     let local_only = svc.internal_traffic_policy == TrafficPolicy::Local;
     let is_local = |ep: &Endpoint| ep.node_name.as_deref() == Some(config.node_name.as_str());
-    let backends: BTreeSet<BackendAddr> = endpoints
-        .iter()
-        .filter(|pe| usability(&pe.endpoint.conditions) == Usability::Ready)
-        .filter(|pe| !local_only || is_local(pe.endpoint))
-        .map(|pe| pe.backend)
-        .collect();
-    backends.into_iter().collect()
+    let of = |wanted: Usability| -> BTreeSet<BackendAddr> {
+        endpoints
+            .iter()
+            .filter(|pe| usability(&pe.endpoint.conditions) == wanted)
+            .filter(|pe| !local_only || is_local(pe.endpoint))
+            .map(|pe| pe.backend)
+            .collect()
+    };
+    let ready = of(Usability::Ready);
+    let chosen = if ready.is_empty() {
+        of(Usability::ServingTerminating)
+    } else {
+        ready
+    };
+    chosen.into_iter().collect()
 }
 
 fn insert(
@@ -366,6 +376,72 @@ mod tests {
                 be("10.244.0.2", 8080, Tcp),
                 be("10.244.0.4", 8080, Tcp)
             ]
+        );
+    }
+
+    #[test]
+    fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
+        let eps = |second: &str| {
+            format!(
+                "[{{addresses: [10.244.0.1], conditions: {{ready: false, serving: true, terminating: true}}}},\
+                  {{addresses: [10.244.0.2], conditions: {second}}},\
+                  {{addresses: [10.244.0.3], conditions: {{ready: false, serving: false, terminating: true}}}}]"
+            )
+        };
+        let with = |second: &str| {
+            translate(
+                &state(&[
+                    svc("ns", "s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"),
+                    slice("ns", "s-1", "s", "IPv4", "[{port: 8080}]", &eps(second)),
+                ]),
+                &config(),
+            )
+        };
+        // A ready endpoint exists: only it.
+        assert_eq!(
+            backends_of(&with("{ready: true}"), fe("10.96.0.1", 80, Tcp)),
+            vec![be("10.244.0.2", 8080, Tcp)]
+        );
+        // None ready: the serving+terminating ones (not the non-serving terminating one).
+        assert_eq!(
+            backends_of(
+                &with("{ready: false, serving: true, terminating: true}"),
+                fe("10.96.0.1", 80, Tcp)
+            ),
+            vec![be("10.244.0.1", 8080, Tcp), be("10.244.0.2", 8080, Tcp)]
+        );
+        // None ready, the second neither serving nor terminating: only the first one remains.
+        assert_eq!(
+            backends_of(&with("{ready: false}"), fe("10.96.0.1", 80, Tcp)),
+            vec![be("10.244.0.1", 8080, Tcp)]
+        );
+    }
+
+    #[test]
+    fn local_policy_falls_back_among_local_endpoints_only() {
+        // node-a has only a terminating endpoint; node-b a ready one.
+        let d = translate(
+            &state(&[
+                svc(
+                    "ns",
+                    "s",
+                    "{clusterIP: 10.96.0.1, internalTrafficPolicy: Local, ports: [{port: 80}]}",
+                ),
+                slice(
+                    "ns",
+                    "s-1",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.1], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}},\
+                      {addresses: [10.244.0.2], nodeName: node-b, conditions: {ready: true}}]",
+                ),
+            ]),
+            &config(),
+        );
+        assert_eq!(
+            backends_of(&d, fe("10.96.0.1", 80, Tcp)),
+            vec![be("10.244.0.1", 8080, Tcp)]
         );
     }
 
