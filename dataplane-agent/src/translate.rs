@@ -410,7 +410,7 @@ mod tests {
             ),
             vec![be("10.244.0.1", 8080, Tcp), be("10.244.0.2", 8080, Tcp)]
         );
-        // None ready, the second neither serving nor terminating: only the first one remains.
+        // None ready, the second serving but not terminating: only the first one remains.
         assert_eq!(
             backends_of(&with("{ready: false}"), fe("10.96.0.1", 80, Tcp)),
             vec![be("10.244.0.1", 8080, Tcp)]
