@@ -107,4 +107,6 @@ pub struct FrontendEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub frontends: BTreeMap<Frontend, FrontendEntry>,
+    /// Frontends of services with `sessionAffinity: ClientIP`, and the timeout in seconds.
+    pub session_affinity: BTreeMap<Frontend, u32>,
 }

@@ -162,7 +162,7 @@ impl Tracer {
         let frame = packet::build_frame(&spec).map_err(|e| TraceError::Packet(e.to_string()))?;
         self.dp
             .maps
-            .clear_conntrack()
+            .clear_flow_state()
             .map_err(TraceError::Conntrack)?;
         let out = testrun::run(&mut self.dp, hook, &frame)?;
 

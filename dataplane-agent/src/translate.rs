@@ -9,8 +9,8 @@ use crate::config::NodeConfig;
 use crate::desired::{BackendAddr, DesiredState, Frontend, FrontendEntry, ServicePortRef};
 use crate::model::{
     ClusterIps, ClusterState, Endpoint, EndpointConditions, EndpointSlice, IpFamily,
-    NamespacedName, Service, ServicePort, ServiceType, TrafficPolicy, LABEL_HEADLESS,
-    LABEL_SERVICE_PROXY_NAME,
+    NamespacedName, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+    LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME,
 };
 
 /// What the service maps should hold for `state` on the node `config` describes.
@@ -29,6 +29,10 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
             .get(&svc.key())
             .map(Vec::as_slice)
             .unwrap_or_default();
+        let affinity = match svc.session_affinity {
+            SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
+            SessionAffinity::None => None,
+        };
         for port in &svc.ports {
             let service = ServicePortRef {
                 namespace: svc.namespace.clone(),
@@ -43,7 +47,7 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
                     port: port.port,
                     proto: port.protocol,
                 };
-                insert(&mut desired, frontend, service.clone(), backends);
+                insert(&mut desired, frontend, service.clone(), backends, affinity);
             }
         }
     }
@@ -188,6 +192,7 @@ fn insert(
     frontend: Frontend,
     service: ServicePortRef,
     backends: Vec<BackendAddr>,
+    affinity: Option<u32>,
 ) {
     // The API server never hands out one IP twice; a manifests directory might. Services are
     // visited in namespace/name order, so the first one keeps the frontend, deterministically.
@@ -203,6 +208,9 @@ fn insert(
     desired
         .frontends
         .insert(frontend, FrontendEntry { service, backends });
+    if let Some(timeout) = affinity {
+        desired.session_affinity.insert(frontend, timeout);
+    }
 }
 
 #[cfg(test)]
@@ -443,6 +451,29 @@ mod tests {
             backends_of(&d, fe("10.96.0.1", 80, Tcp)),
             vec![be("10.244.0.1", 8080, Tcp)]
         );
+    }
+
+    #[test]
+    fn client_ip_affinity_marks_every_frontend_of_the_service() {
+        let d = translate(
+            &state(&[
+                svc(
+                    "ns",
+                    "a",
+                    "{clusterIPs: [10.96.0.1, 'fd00:96::1'], sessionAffinity: ClientIP,\
+                      sessionAffinityConfig: {clientIP: {timeoutSeconds: 300}}, ports: [{port: 80}]}",
+                ),
+                svc("ns", "b", "{clusterIP: 10.96.0.2, sessionAffinity: ClientIP, ports: [{port: 80}]}"),
+                svc("ns", "c", "{clusterIP: 10.96.0.3, ports: [{port: 80}]}"),
+            ]),
+            &config(),
+        );
+        let aff = |ip: &str| d.session_affinity.get(&fe(ip, 80, Tcp)).copied();
+        assert_eq!(aff("10.96.0.1"), Some(300));
+        assert_eq!(aff("fd00:96::1"), Some(300));
+        // The API's default timeout: 3 hours.
+        assert_eq!(aff("10.96.0.2"), Some(10_800));
+        assert_eq!(aff("10.96.0.3"), None);
     }
 
     #[test]

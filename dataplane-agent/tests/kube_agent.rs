@@ -217,10 +217,11 @@ fn agent_in_kubernetes_mode_follows_the_api_and_converges_after_410() -> anyhow:
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(restarts >= 1.0, "watch restarts not counted:\n{metrics}");
-    assert!(
-        metrics.contains("skiff_map_entries{map=\"SK_SVC_V1\"}"),
-        "{metrics}"
+    let services_gauge = format!(
+        "skiff_map_entries{{map=\"{}\"}}",
+        dataplane_common::maps::SERVICES
     );
+    assert!(metrics.contains(&services_gauge), "{metrics}");
 
     // The status file names the source (`skiff status` reads it).
     let status = std::fs::read_to_string(scratch.join("state/status.json"))?;

@@ -55,8 +55,32 @@ pub struct ServiceValue {
     pub count: u16,
     /// `SVC_F_*` flags (master entry only).
     pub flags: u16,
+    /// `sessionAffinity: ClientIP` timeout in seconds when `SVC_F_AFFINITY` is set.
+    pub affinity_timeout_s: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+
+/// Session affinity key: a service frontend (its master key, slot 0) and a client address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service: ServiceKey,
+    pub client: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 40);
+
+/// The backend a client was last sent to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    /// The slot it was chosen from: checked on use, so a backend that left the service is
+    /// not chosen again.
+    pub slot: u16,
+    pub _pad: u16,
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
 /// A backend (endpoint address and target port) referenced by id from service slots and
 /// connection-tracking entries.
@@ -120,10 +144,13 @@ const _: () = assert!(core::mem::size_of::<CtValue>() == 56);
 pub struct Scratch {
     pub key: CtKey,
     pub value: CtValue,
+    pub affinity_key: AffinityKey,
 }
 
-/// Service master-entry flags (reserved for later issues: traffic policies, affinity, maglev).
+/// Service master-entry flags.
 pub const SVC_F_NONE: u16 = 0;
+/// `sessionAffinity: ClientIP`: a client's new connections go to its last backend.
+pub const SVC_F_AFFINITY: u16 = 1 << 0;
 
 /// Backend flags.
 pub const BE_F_NONE: u8 = 0;
@@ -171,4 +198,6 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for Scratch {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
 }

@@ -1,10 +1,12 @@
 //! Service lookup and backend selection.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use dataplane_common::{Backend, ServiceKey, ServiceValue};
+use dataplane_common::{
+    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SVC_F_AFFINITY,
+};
 
 use crate::{
-    maps::{BACKENDS, SERVICES},
+    maps::{AFFINITY, BACKENDS, SCRATCH, SERVICES},
     parse::Flow,
 };
 
@@ -26,17 +28,74 @@ pub fn lookup_service(flow: &Flow) -> Option<ServiceValue> {
     unsafe { SERVICES.get(&service_key(flow, 0)) }.copied()
 }
 
-/// Pick a backend uniformly at random among the service's `count` slots.
+/// Pick the backend of a new connection: the client's affinity backend when the service has
+/// `sessionAffinity: ClientIP` and it is still valid, else uniformly at random among the
+/// service's `count` slots (remembered for affinity).
 #[inline(always)]
-pub fn select_backend(flow: &Flow, count: u16) -> Option<(u32, Backend)> {
-    if count == 0 {
+pub fn select_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
+    if svc.count == 0 {
         return None;
     }
+    let affinity = svc.flags & SVC_F_AFFINITY != 0;
+    if affinity {
+        if let Some(hit) = affinity_backend(flow, svc, now) {
+            return Some(hit);
+        }
+    }
     let r = unsafe { bpf_get_prandom_u32() };
-    let slot = 1 + (r % count as u32) as u16;
+    let slot = 1 + (r % svc.count as u32) as u16;
     let id = unsafe { SERVICES.get(&service_key(flow, slot)) }?.backend_id;
     let be = unsafe { BACKENDS.get(&id) }?;
+    if affinity {
+        remember(flow, id, slot, now);
+    }
     Some((id, *be))
+}
+
+/// The per-CPU scratch copy of this client's affinity key (40 bytes: too many for the stack
+/// next to the rest of the pipeline).
+#[inline(always)]
+fn affinity_key(flow: &Flow) -> Option<&'static mut AffinityKey> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    let s = unsafe { &mut *s };
+    s.affinity_key.service = service_key(flow, 0);
+    s.affinity_key.client = flow.src;
+    Some(&mut s.affinity_key)
+}
+
+/// The client's last backend, if used within the timeout and still in the same slot of the
+/// service (a backend that left the service is never chosen again). Refreshes its time, as
+/// kube-proxy's `recent` match does on each new connection.
+#[inline(always)]
+fn affinity_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
+    let key = affinity_key(flow)?;
+    let v = AFFINITY.get_ptr_mut(&*key)?;
+    let v = unsafe { &mut *v };
+    let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
+    if now.saturating_sub(v.last_used_ns) > timeout_ns || v.slot == 0 || v.slot > svc.count {
+        return None;
+    }
+    let slot = unsafe { SERVICES.get(&service_key(flow, v.slot)) }?;
+    if slot.backend_id != v.backend_id {
+        return None;
+    }
+    let be = unsafe { BACKENDS.get(&v.backend_id) }?;
+    v.last_used_ns = now;
+    Some((v.backend_id, *be))
+}
+
+#[inline(always)]
+fn remember(flow: &Flow, backend_id: u32, slot: u16, now: u64) {
+    if let Some(key) = affinity_key(flow) {
+        let v = AffinityValue {
+            backend_id,
+            slot,
+            _pad: 0,
+            last_used_ns: now,
+        };
+        // A full LRU map evicts its oldest client; losing affinity is not worth a drop.
+        let _ = AFFINITY.insert(&*key, &v, 0);
+    }
 }
 
 /// The backend with this id, if it still exists.

@@ -7,13 +7,13 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    maps::{BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, STATS_MAX},
-    Backend, CtKey, CtValue, Scratch, ServiceKey, ServiceValue,
+    maps::{AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, STATS_MAX},
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, Scratch, ServiceKey, ServiceValue,
 };
 
 /// Service frontends and their backend slots. Not preallocated: memory follows the number of
 /// services, not the map's capacity.
-#[map(name = "SK_SVC_V1")]
+#[map(name = "SK_SVC_V2")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::with_max_entries(SERVICES_MAX, BPF_F_NO_PREALLOC);
 
@@ -34,3 +34,9 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_MAX, 0)
 /// Room for structs that do not fit on the BPF stack (see `conntrack::create`).
 #[map(name = "SK_SCRATCH_V1")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Session affinity: the backend each client last used per service. LRU: forgetting an old
+/// client only costs it its affinity.
+#[map(name = "SK_AFF_V1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(AFFINITY_MAX, 0);

@@ -50,7 +50,7 @@ pub fn handle<C: Packet>(ctx: &C) -> Reason {
     if svc.count == 0 {
         return Reason::DropNoEndpoints;
     }
-    let Some((id, be)) = lb::select_backend(&flow, svc.count) else {
+    let Some((id, be)) = lb::select_backend(&flow, &svc, now) else {
         return Reason::DropNoBackend;
     };
     if conntrack::create(&flow, id, &be, now).is_err() {

@@ -8,8 +8,8 @@ use aya::{
     Ebpf,
 };
 use dataplane_common::{
-    maps::{BACKENDS, CONNTRACK, SERVICES, STATS},
-    Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
+    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, STATS},
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
 };
 
 use super::object::LoadError;
@@ -18,6 +18,7 @@ pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub backends: HashMap<MapData, u32, Backend>,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub stats: PerCpuArray<MapData, u64>,
 }
 
@@ -41,6 +42,7 @@ impl Maps {
             services: typed(SERVICES, take(ebpf, SERVICES)?)?,
             backends: typed(BACKENDS, take(ebpf, BACKENDS)?)?,
             conntrack: typed(CONNTRACK, take(ebpf, CONNTRACK)?)?,
+            affinity: typed(AFFINITY, take(ebpf, AFFINITY)?)?,
             stats: typed(STATS, take(ebpf, STATS)?)?,
         })
     }
@@ -67,15 +69,21 @@ impl Maps {
         self.conntrack.iter().collect()
     }
 
-    /// Forget every tracked connection (used by `trace`, whose flows start from fresh state).
-    pub fn clear_conntrack(&mut self) -> Result<(), MapError> {
-        let keys: Vec<CtKey> = self.conntrack.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            match self.conntrack.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+    /// Forget every tracked connection and session affinity (used by `trace`, whose flows
+    /// start from fresh state).
+    pub fn clear_flow_state(&mut self) -> Result<(), MapError> {
+        clear(&mut self.conntrack)?;
+        clear(&mut self.affinity)
     }
+}
+
+fn clear<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>) -> Result<(), MapError> {
+    let keys: Vec<K> = map.keys().collect::<Result<_, _>>()?;
+    for k in keys {
+        match map.remove(&k) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

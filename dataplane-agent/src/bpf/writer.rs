@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use aya::maps::MapError;
-use dataplane_common::{Backend, ServiceKey, ServiceValue, SVC_F_NONE};
+use dataplane_common::{Backend, ServiceKey, ServiceValue, SVC_F_AFFINITY, SVC_F_NONE};
 use thiserror::Error;
 
 use super::{abi, maps::Maps};
@@ -41,12 +41,18 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
 
     for (fe, entry) in &desired.frontends {
         let count = u16::try_from(entry.backends.len()).unwrap_or(u16::MAX);
+        let affinity = desired.session_affinity.get(fe).copied();
         out.services.insert(
             abi::service_key(fe, 0),
             ServiceValue {
                 backend_id: 0,
                 count,
-                flags: SVC_F_NONE,
+                flags: if affinity.is_some() {
+                    SVC_F_AFFINITY
+                } else {
+                    SVC_F_NONE
+                },
+                affinity_timeout_s: affinity.unwrap_or(0),
             },
         );
         for (i, be) in entry.backends.iter().take(count as usize).enumerate() {
@@ -67,6 +73,7 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
                     backend_id: id,
                     count: 0,
                     flags: SVC_F_NONE,
+                    affinity_timeout_s: 0,
                 },
             );
         }
@@ -393,6 +400,28 @@ mod tests {
         assert_eq!(m.services.len(), 1);
         assert_eq!(m.services.values().next().unwrap().count, 0);
         assert!(m.backends.is_empty());
+    }
+
+    #[test]
+    fn affinity_sets_the_flag_and_timeout_on_the_master_entry_only() {
+        let f = fe("10.96.0.1", 80);
+        let mut d = state(&[(f, vec![be("10.0.0.1", 1)])]);
+        d.session_affinity.insert(f, 300);
+        let m = render(&d, &MapContents::default());
+        let master = m.services[&abi::service_key(&f, 0)];
+        assert_eq!(
+            (master.flags, master.affinity_timeout_s),
+            (SVC_F_AFFINITY, 300)
+        );
+        let slot = m.services[&abi::service_key(&f, 1)];
+        assert_eq!((slot.flags, slot.affinity_timeout_s), (SVC_F_NONE, 0));
+        d.session_affinity.clear();
+        let ops = plan(&m, &render(&d, &m));
+        assert_eq!(
+            ops.len(),
+            1,
+            "turning affinity off rewrites the master only: {ops:?}"
+        );
     }
 
     #[test]
