@@ -584,3 +584,55 @@ fn session_affinity_expires_after_its_timeout() {
     }
     assert!(chosen.len() >= 2, "affinity never expired: {chosen:?}");
 }
+
+#[test]
+fn ten_thousand_services_with_ten_endpoints_fit_the_maps() {
+    let mut d = DesiredState::default();
+    for i in 0..10_000u32 {
+        let fe = Frontend {
+            addr: IpAddr::from([10, 96, (i >> 8) as u8, i as u8]),
+            port: 80,
+            proto: Protocol::Tcp,
+        };
+        let bes = (0..10u32)
+            .map(|e| BackendAddr {
+                // 100,000 distinct addresses in 10.128.0.0/15 (only ever seen by test runs).
+                addr: {
+                    let n = i * 10 + e;
+                    IpAddr::from([10, 128 + (n >> 16) as u8, (n >> 8) as u8, n as u8])
+                },
+                port: 8080,
+                proto: Protocol::Tcp,
+            })
+            .collect();
+        d.frontends.insert(
+            fe,
+            FrontendEntry {
+                service: ServicePortRef {
+                    namespace: "scale".into(),
+                    name: format!("svc-{i}"),
+                    port_name: String::new(),
+                },
+                backends: bes,
+            },
+        );
+    }
+    let (mut dp, _w) = loaded(&d);
+    assert_eq!(dp.maps.read_services().unwrap().len(), 110_000);
+    assert_eq!(dp.maps.read_backends().unwrap().len(), 100_000);
+    // The last service created is reachable.
+    let (out, p) = run(
+        &mut dp,
+        Hook::TcPod,
+        &spec(
+            Protocol::Tcp,
+            "10.244.255.5",
+            40_000,
+            "10.96.39.15",
+            80,
+            TCP_SYN,
+        ),
+    );
+    assert_eq!(out.reason, Some(Reason::NatNew));
+    assert_eq!(p.dport, 8080);
+}

@@ -16,7 +16,9 @@ pub const AFFINITY: &str = "SK_AFF_V1";
 /// Per-CPU scratch space (one `Scratch`).
 pub const SCRATCH: &str = "SK_SCRATCH_V1";
 
-pub const SERVICES_MAX: u32 = 65_536;
+/// One master entry plus one slot per endpoint for each frontend: 10,000 services with 10
+/// endpoints need 110,000. Not preallocated, so unused capacity costs no memory.
+pub const SERVICES_MAX: u32 = 262_144;
 pub const BACKENDS_MAX: u32 = 262_144;
 pub const CONNTRACK_MAX: u32 = 131_072;
 pub const AFFINITY_MAX: u32 = 65_536;
