@@ -96,6 +96,7 @@ pub fn setup() -> Result<()> {
     let llvm_major = check_toolchain(&toolchain)?;
     check_llvm_dev(llvm_major)?;
     let bpf_linker = check_bpf_linker(llvm_major)?;
+    check_kube_proxy_tools()?;
     println!(
         "[setup] eBPF build prerequisites ready in {:.1} ms: {toolchain} (LLVM {llvm_major}) + \
          rust-src, llvm-{llvm_major}-dev, {}",
@@ -269,26 +270,74 @@ fn check_llvm_dev(major: u32) -> Result<()> {
              comes from bookworm-security), or run `cargo xtask setup` as root"
         );
     }
+    apt_install(&[package.as_str()]).context(
+        "on Debian bookworm llvm-N-dev comes from bookworm-security: is that suite in \
+         /etc/apt/sources.list*?",
+    )?;
+    done(&format!("installed {package}"), started);
+    Ok(())
+}
+
+/// `apt-get update` and `apt-get install` of `packages`, checked afterwards with dpkg.
+fn apt_install(packages: &[&str]) -> Result<()> {
     say(&format!(
-        "  {package} is missing: apt-get update && apt-get install -y {package}"
+        "  missing: apt-get update && apt-get install -y {}",
+        packages.join(" ")
     ));
     run(Command::new("apt-get")
         .args(["update"])
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .context("apt-get update")?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", &package])
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| {
-        format!(
-            "apt-get install {package} failed (on Debian bookworm it comes from \
-             bookworm-security: is that suite in /etc/apt/sources.list*?)"
-        )
-    })?;
-    if dpkg_installed(&package)? != Some(true) {
-        bail!("apt-get finished but {package} is still not installed");
+    .with_context(|| format!("apt-get install {}", packages.join(" ")))?;
+    for p in packages {
+        if dpkg_installed(p)? != Some(true) {
+            bail!("apt-get finished but {p} is still not installed");
+        }
     }
-    done(&format!("installed {package}"), started);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// iptables and nftables: the kube-proxy layouts the benchmarks (and their tests) compare
+//    against.
+
+const KUBE_PROXY_TOOLS: [&str; 2] = ["iptables", "nftables"];
+
+fn check_kube_proxy_tools() -> Result<()> {
+    let started = Instant::now();
+    say("checking Debian packages iptables and nftables (kube-proxy layouts for benchmarks)");
+    let mut missing = Vec::new();
+    for p in KUBE_PROXY_TOOLS {
+        match dpkg_installed(p)? {
+            Some(true) => {}
+            Some(false) => missing.push(p),
+            None => {
+                // Not Debian: the commands themselves will do.
+                if which("iptables-restore").is_some() && which("nft").is_some() {
+                    done("no dpkg here; found iptables-restore and nft", started);
+                    return Ok(());
+                }
+                bail!("iptables-restore and nft are needed for the benchmarks: install them");
+            }
+        }
+    }
+    if missing.is_empty() {
+        done("iptables and nftables are installed", started);
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "{} not installed and installing needs root: `sudo apt-get install -y {}`",
+            missing.join(" and "),
+            missing.join(" ")
+        );
+    }
+    apt_install(&missing)?;
+    done(&format!("installed {}", missing.join(" ")), started);
     Ok(())
 }
 
