@@ -20,8 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
 use aya::Pod;
-use dataplane_common::maps::{BACKENDS, CONNTRACK, SERVICES, STATS};
-use dataplane_common::{Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue};
+use dataplane_common::maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, STATS};
+use dataplane_common::{
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -30,7 +32,7 @@ pub const DEFAULT_STATE_DIR: &str = "/run/skiff";
 pub const STATUS_FILE: &str = "status.json";
 
 /// The maps the report looks for, in display order.
-pub const REPORTED_MAPS: [&str; 4] = [SERVICES, BACKENDS, CONNTRACK, STATS];
+pub const REPORTED_MAPS: [&str; 5] = [SERVICES, BACKENDS, CONNTRACK, AFFINITY, STATS];
 
 /// Where the agent writes its status in `state_dir`.
 pub fn status_path(state_dir: &Path) -> PathBuf {
@@ -414,6 +416,7 @@ fn probe_maps(maps_dir: &Path) -> (Vec<MapReport>, Probe<BTreeMap<Reason, u64>>)
                 Ok((map, capacity)) => match name {
                     SERVICES => count_keys::<ServiceKey, ServiceValue>(map, capacity),
                     BACKENDS => count_keys::<u32, Backend>(map, capacity),
+                    AFFINITY => count_keys::<AffinityKey, AffinityValue>(map, capacity),
                     _ => count_keys::<CtKey, CtValue>(map, capacity),
                 }
                 .into(),

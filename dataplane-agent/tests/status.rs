@@ -13,7 +13,8 @@ use aya::maps::IterableMap as _;
 use aya::programs::links::FdLink;
 use aya::programs::{TcAttachType, XdpMode};
 use dataplane_common::maps::{
-    BACKENDS, BACKENDS_MAX, CONNTRACK, CONNTRACK_MAX, SERVICES, SERVICES_MAX, STATS, STATS_MAX,
+    AFFINITY, AFFINITY_MAX, BACKENDS, BACKENDS_MAX, CONNTRACK, CONNTRACK_MAX, SERVICES,
+    SERVICES_MAX, STATS, STATS_MAX,
 };
 use dataplane_common::Reason;
 use skiff::bpf::testrun::{self, Hook as RunHook};
@@ -217,6 +218,7 @@ fn status_reports_the_pinned_state_of_a_loaded_datapath() {
         .pin(maps_dir.join(CONNTRACK))
         .unwrap();
     dp.maps.stats.map().pin(maps_dir.join(STATS)).unwrap();
+    dp.maps.affinity.map().pin(maps_dir.join(AFFINITY)).unwrap();
 
     // Real attachments with pinned links, named as the agent names them.
     let veth = Veth::create();
@@ -256,7 +258,9 @@ fn status_reports_the_pinned_state_of_a_loaded_datapath() {
     assert_eq!(usage(&report, BACKENDS), (Some(backends), BACKENDS_MAX));
     assert_eq!(usage(&report, CONNTRACK), (Some(conntrack), CONNTRACK_MAX));
     assert_eq!(usage(&report, STATS), (None, STATS_MAX));
-    assert_eq!(report.maps_pinned(), 4);
+    // No service here has session affinity.
+    assert_eq!(usage(&report, AFFINITY), (Some(0), AFFINITY_MAX));
+    assert_eq!(report.maps_pinned(), 5);
     assert_eq!(report.packets, Probe::Read(stats.clone()));
     assert_eq!(stats[&Reason::NatNew], 1);
 
@@ -283,15 +287,15 @@ fn status_reports_the_pinned_state_of_a_loaded_datapath() {
     assert_eq!(xdp_report.hook, Some(Hook::Xdp));
     assert_eq!(xdp_report.kernel.as_ref().unwrap().link_type, "xdp");
 
-    for name in [SERVICES, BACKENDS, CONNTRACK, STATS] {
+    for name in [SERVICES, BACKENDS, CONNTRACK, AFFINITY, STATS] {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
     let svc_line = text.lines().find(|l| l.contains(SERVICES)).unwrap();
     assert!(
-        svc_line.contains(&services.to_string()) && svc_line.contains("65536"),
+        svc_line.contains(&services.to_string()) && svc_line.contains(&SERVICES_MAX.to_string()),
         "{svc_line}"
     );
-    assert!(text.contains("Loaded:    yes (4 maps pinned)"), "{text}");
+    assert!(text.contains("Loaded:    yes (5 maps pinned)"), "{text}");
     assert!(
         text.contains("Attached:  2 live of 2 pinned links"),
         "{text}"
@@ -325,7 +329,7 @@ fn status_reports_the_pinned_state_of_a_loaded_datapath() {
     assert!(report.to_string().contains("interface gone"));
 
     // Unpinning the maps (as `cleanup` does) leaves a report of nothing pinned.
-    for name in [SERVICES, BACKENDS, CONNTRACK, STATS] {
+    for name in [SERVICES, BACKENDS, CONNTRACK, AFFINITY, STATS] {
         std::fs::remove_file(maps_dir.join(name)).unwrap();
     }
     let report = status_report(&root, &state_dir).unwrap();
