@@ -6,6 +6,7 @@
 // the 512-byte BPF stack (and out of the per-CPU scratch map built to avoid exactly that).
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod baseline;
 mod checksum;
 mod conntrack;
 mod ctx;

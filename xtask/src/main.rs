@@ -4,8 +4,10 @@
 //! - `build [--release]`: setup, then build the agent (its build.rs builds the eBPF object);
 //! - `test`: setup, fmt, clippy, build, every test (as root), then the demo for 5 s;
 //! - `run [--duration SECS]`: the demo in network namespaces;
-//! - `bench`: not yet.
+//! - `bench [--quick]`: build in release, run the benchmarks, rewrite BENCHMARKS.md and
+//!   bench/results.json.
 
+mod bench;
 mod demo;
 mod manifests;
 mod setup;
@@ -46,8 +48,9 @@ enum Cmd {
     },
     /// The demo: a node with pods in network namespaces, the agent, and real traffic.
     Run(demo::DemoArgs),
-    /// Benchmarks (not yet).
-    Bench,
+    /// Benchmarks: datapath per packet, control plane, kube-proxy rule loading, real traffic;
+    /// rewrites BENCHMARKS.md and bench/results.json.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,9 +67,7 @@ fn main() -> ExitCode {
             cargo_test_args,
         } => test(no_demo, &cargo_test_args),
         Cmd::Run(args) => demo::run(&args),
-        Cmd::Bench => Err(anyhow::anyhow!(
-            "`cargo xtask bench` is not implemented yet (a later issue)"
-        )),
+        Cmd::Bench(args) => bench::bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
