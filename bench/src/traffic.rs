@@ -172,7 +172,10 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
              clusterCIDRs: [10.244.0.0/16]\nserviceCIDRs: [10.96.0.0/12]\n\
              podInterfaces: [\"skb*\"]\n",
         )?;
-        let bpffs = Bpffs::mount(scratch.0.join("bpffs"))?;
+        let bpffs = skiff_testbed::PrivateBpffs::mount(
+            scratch.0.join("bpffs"),
+            skiff_testbed::skiff_bin(),
+        )?;
         let log = std::fs::File::create(scratch.0.join("skiff.log"))?;
         let mut cmd = netns_command(&node, skiff_testbed::skiff_bin());
         cmd.arg("run")
@@ -181,7 +184,7 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
             .arg("--manifests")
             .arg(&manifests)
             .arg("--bpffs")
-            .arg(bpffs.skiff_dir())
+            .arg(bpffs.pin_dir())
             .stdout(Stdio::null())
             .stderr(log);
         let mut agent = Process::spawn(cmd, format!("skiff run in {node}"))?;
@@ -638,40 +641,6 @@ impl ScratchDir {
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A private bpffs for the agent's pins; on drop `skiff cleanup` and unmount.
-struct Bpffs(PathBuf);
-
-impl Bpffs {
-    fn mount(at: PathBuf) -> Result<Bpffs> {
-        std::fs::create_dir_all(&at)?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&at)
-            .status()?
-            .success();
-        if !ok {
-            bail!("mount -t bpf bpf {} failed", at.display());
-        }
-        Ok(Bpffs(at))
-    }
-
-    fn skiff_dir(&self) -> PathBuf {
-        self.0.join("skiff")
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(skiff_testbed::skiff_bin())
-            .args(["cleanup", "--bpffs"])
-            .arg(self.skiff_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 

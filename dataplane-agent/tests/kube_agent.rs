@@ -11,13 +11,12 @@ mod fake_apiserver;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use serde_json::{json, Value};
 use skiff_testbed::{
-    in_netns, require_root, serial, spawn_in_netns, tcp_round, tcp_server, TestBed,
+    in_netns, require_root, serial, spawn_in_netns, tcp_round, tcp_server, PrivateBpffs, TestBed,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -72,17 +71,11 @@ fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A private bpffs (inside `ip netns exec`, /sys/fs/bpf is not one), cleaned and unmounted on
-/// drop.
-struct Bpffs(PathBuf);
+/// A scratch directory removed on drop, pass or fail.
+struct Scratch(std::path::PathBuf);
 
-impl Drop for Bpffs {
+impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["cleanup", "--bpffs"])
-            .arg(self.0.join("skiff"))
-            .output();
-        let _ = Command::new("umount").arg(&self.0).status();
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -128,14 +121,11 @@ fn agent_in_kubernetes_mode_follows_the_api_and_converges_after_410() -> anyhow:
     server.apply_value(service("gone", "10.96.0.20"));
     server.apply_value(slice("gone-1", "gone", &["10.244.1.11"]));
 
-    let scratch = std::env::temp_dir().join(format!("skiff-kube-agent-{}", std::process::id()));
-    std::fs::create_dir_all(scratch.join("bpffs"))?;
-    let bpffs = Bpffs(scratch.join("bpffs"));
-    assert!(Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(&bpffs.0)
-        .status()?
-        .success());
+    // Removed on drop, after the bpffs below (dropped first: declared later).
+    let scratch_dir =
+        Scratch(std::env::temp_dir().join(format!("skiff-kube-agent-{}", std::process::id())));
+    let scratch = scratch_dir.0.clone();
+    let bpffs = PrivateBpffs::mount(scratch.join("bpffs"), env!("CARGO_BIN_EXE_skiff"))?;
     let kubeconfig = scratch.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -163,7 +153,7 @@ fn agent_in_kubernetes_mode_follows_the_api_and_converges_after_410() -> anyhow:
         "--node-name".into(),
         "e2e-node".into(),
         "--bpffs".into(),
-        bpffs.0.join("skiff").into(),
+        bpffs.pin_dir().into(),
         "--metrics-address".into(),
         "127.0.0.1:10249".into(),
         "--state-dir".into(),
@@ -233,6 +223,5 @@ fn agent_in_kubernetes_mode_follows_the_api_and_converges_after_410() -> anyhow:
     let _ = stop_tx.send(());
     let _ = server_thread.join();
     drop(bpffs);
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

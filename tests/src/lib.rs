@@ -26,6 +26,7 @@
 //! on the latter.
 
 mod bed;
+mod bpffs;
 mod net;
 mod netns;
 mod process;
@@ -35,6 +36,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use bed::{Pod, TestBed, NAME_PREFIX, UPLINK};
+pub use bpffs::PrivateBpffs;
 pub use net::{
     tcp_connect_once, tcp_echo_server, tcp_round, tcp_server, udp_request, udp_round, udp_server,
     EchoStats, LongLivedClient, Server, Tally,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use skiff_testbed::{
     require_root, serial, skiff_bin, tcp_echo_server, tcp_round, tcp_server, udp_round, udp_server,
-    LongLivedClient, Pod, Process, Server, TestBed,
+    LongLivedClient, Pod, PrivateBpffs, Process, Server, TestBed,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,40 +39,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A private BPF filesystem for the agent's pins (inside `ip netns exec`, /sys/fs/bpf is not
-/// one). Dropping it removes what skiff pinned (`skiff cleanup`) and unmounts it.
-struct Bpffs(PathBuf);
-
-impl Bpffs {
-    fn mount(at: PathBuf) -> Result<Bpffs> {
-        std::fs::create_dir_all(&at)?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&at)
-            .status()?
-            .success();
-        if !ok {
-            bail!("mount -t bpf bpf {} failed", at.display());
-        }
-        Ok(Bpffs(at))
-    }
-
-    fn skiff_dir(&self) -> PathBuf {
-        self.0.join("skiff")
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(skiff_bin())
-            .args(["cleanup", "--bpffs"])
-            .arg(self.skiff_dir())
-            .stdout(std::process::Stdio::null())
-            .status();
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 
@@ -148,7 +114,7 @@ struct Node {
     backends: Vec<Pod>,
     _servers: Vec<Server>,
     // Pins are cleaned and the bpffs unmounted after the agent is gone, then the files go.
-    _bpffs: Bpffs,
+    _bpffs: PrivateBpffs,
     scratch: TempDir,
 }
 
@@ -188,8 +154,8 @@ impl Node {
             std::fs::write(manifests.join(file), yaml)?;
         }
         let config = scratch.0.join("node.yaml");
-        let bpffs = Bpffs::mount(scratch.0.join("bpffs"))?;
-        let pin_dir = bpffs.skiff_dir();
+        let bpffs = PrivateBpffs::mount(scratch.0.join("bpffs"), skiff_bin())?;
+        let pin_dir = bpffs.pin_dir();
         std::fs::write(
             &config,
             "nodeName: e2e-node\nnodeIPs: [192.0.2.1]\n\
