@@ -427,23 +427,12 @@ fn probe_maps(maps_dir: &Path) -> (Vec<MapReport>, Probe<BTreeMap<Reason, u64>>)
     (reports, packets)
 }
 
-/// Parse a link pin name: `<hook>:<ifindex>:<ifname>`, or `<hook>-<ifname>`.
+/// A link pin's hook, ifindex and interface, from its name (`crate::bpf::pins` layout).
 fn parse_link_pin(name: &str) -> (Option<Hook>, Option<u32>, String) {
-    let mut parts = name.splitn(3, ':');
-    if let (Some(hook), Some(idx), Some(iface)) = (parts.next(), parts.next(), parts.next()) {
-        if let Ok(idx) = idx.parse() {
-            return (Hook::parse(hook), Some(idx), iface.to_string());
-        }
+    match crate::bpf::pins::parse_link_name(name) {
+        Some((hook, idx, iface)) => (Hook::parse(hook), Some(idx), iface.to_string()),
+        None => (None, None, String::new()),
     }
-    for hook in [Hook::TcIngress, Hook::Xdp] {
-        if let Some(iface) = name
-            .strip_prefix(hook.as_str())
-            .and_then(|r| r.strip_prefix('-'))
-        {
-            return (Some(hook), None, iface.to_string());
-        }
-    }
-    (None, None, String::new())
 }
 
 fn link_state(path: &Path) -> Result<LinkState, String> {
@@ -856,14 +845,6 @@ mod tests {
         assert_eq!(
             parse_link_pin("xdp:2:eth0"),
             (Some(Hook::Xdp), Some(2), "eth0".into())
-        );
-        assert_eq!(
-            parse_link_pin("tc-ingress-eth1"),
-            (Some(Hook::TcIngress), None, "eth1".into())
-        );
-        assert_eq!(
-            parse_link_pin("xdp-eth0"),
-            (Some(Hook::Xdp), None, "eth0".into())
         );
         assert_eq!(parse_link_pin("other"), (None, None, String::new()));
     }

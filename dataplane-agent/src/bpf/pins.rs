@@ -127,6 +127,13 @@ impl PinDir {
     }
 }
 
+/// Split a link pin's file name, `<hook>:<ifindex>:<ifname>`, into its parts.
+pub fn parse_link_name(name: &str) -> Option<(&str, u32, &str)> {
+    let mut parts = name.splitn(3, ':');
+    let (hook, idx, ifname) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((hook, idx.parse().ok()?, ifname))
+}
+
 fn list_links(dir: &Path) -> Result<Vec<LinkPin>, PinError> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -137,16 +144,13 @@ fn list_links(dir: &Path) -> Result<Vec<LinkPin>, PinError> {
     for entry in entries {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let mut parts = name.splitn(3, ':');
-        if let (Some(hook), Some(idx), Some(ifname)) = (parts.next(), parts.next(), parts.next()) {
-            if let Ok(ifindex) = idx.parse() {
-                out.push(LinkPin {
-                    hook: hook.to_string(),
-                    ifindex,
-                    ifname: ifname.to_string(),
-                    path: entry.path(),
-                });
-            }
+        if let Some((hook, ifindex, ifname)) = parse_link_name(&name) {
+            out.push(LinkPin {
+                hook: hook.to_string(),
+                ifindex,
+                ifname: ifname.to_string(),
+                path: entry.path(),
+            });
         }
     }
     out.sort();
