@@ -180,7 +180,7 @@ impl Agent {
                 self.status.sync_failed(started.elapsed(), &e);
             }
         }
-        self.refresh_usage();
+        self.refresh_map_usage();
         self.write_status();
     }
 
@@ -222,12 +222,18 @@ impl Agent {
         }
     }
 
-    /// Map fill levels and packet counters for the metrics.
-    fn refresh_usage(&mut self) {
+    /// Fill levels of the maps the writer owns: read from its mirror, so cheap after a sync.
+    fn refresh_map_usage(&self) {
         let current = self.writer.current();
         let m = &self.metrics;
         m.set_map_usage(SERVICES, current.services.len() as u64, SERVICES_MAX.into());
         m.set_map_usage(BACKENDS, current.backends.len() as u64, BACKENDS_MAX.into());
+    }
+
+    /// What only the datapath knows: conntrack entries (a walk over the whole map, so
+    /// periodic, never per sync) and packet counters.
+    fn refresh_datapath_counters(&self) {
+        let m = &self.metrics;
         match self
             .dp
             .maps
@@ -335,7 +341,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 Err(e) => error!("{e}"),
             },
             _ = iface_tick.tick() => agent.attach_pods(),
-            _ = usage_tick.tick() => agent.refresh_usage(),
+            _ = usage_tick.tick() => agent.refresh_datapath_counters(),
         }
     }
     if detach_on_exit {
