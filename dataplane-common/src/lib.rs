@@ -10,6 +10,7 @@
 #![no_std]
 
 pub mod maps;
+pub mod policy;
 pub mod reason;
 
 pub use reason::Reason;

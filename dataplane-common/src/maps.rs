@@ -24,3 +24,27 @@ pub const CONNTRACK_MAX: u32 = 131_072;
 pub const AFFINITY_MAX: u32 = 65_536;
 /// Number of counter slots; larger than the number of `Reason`s to leave room.
 pub const STATS_MAX: u32 = 64;
+
+/// Local pod IP -> `policy::Endpoint`.
+pub const POLICY_ENDPOINTS: &str = "SK_EP_V1";
+/// Remote IP prefix (`policy::IpKey`, LPM) -> identity (u32).
+pub const POLICY_IDENTITIES: &str = "SK_IPID_V1";
+/// `policy::PolicyKey` -> `policy::PolicyValue`.
+pub const POLICY_RULES: &str = "SK_POL_V1";
+/// Policy connection tracking: `CtKey` -> `policy::PolicyCtValue` (LRU).
+pub const POLICY_CONNTRACK: &str = "SK_PCT_V1";
+/// Policy verdict events (`policy::PolicyEvent`, ring buffer).
+pub const POLICY_EVENTS: &str = "SK_EVENTS_V1";
+/// Datapath settings (array of u32, `policy::CFG_*`).
+pub const CONFIG: &str = "SK_CFG_V1";
+
+/// Local pods' addresses (two per dual-stack pod).
+pub const POLICY_ENDPOINTS_MAX: u32 = 16_384;
+/// Pod IPs of the whole cluster plus ipBlock prefixes.
+pub const POLICY_IDENTITIES_MAX: u32 = 262_144;
+/// (endpoint, identity, protocol, direction) rules of local pods.
+pub const POLICY_RULES_MAX: u32 = 524_288;
+pub const POLICY_CONNTRACK_MAX: u32 = 131_072;
+/// Ring buffer bytes (a power of two, a multiple of the page size).
+pub const POLICY_EVENTS_BYTES: u32 = 1 << 20;
+pub const CONFIG_MAX: u32 = 4;

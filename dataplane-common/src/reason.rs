@@ -21,6 +21,12 @@ pub enum Reason {
     NatEstablished = 9,
     /// Reply of a tracked connection: source translated back to the service frontend.
     NatReply = 10,
+    /// Towards a pod: the destination is not a pod of this node, or not isolated for ingress.
+    PassPolicyNone = 11,
+    /// Towards a pod: a new connection its ingress policy allows.
+    PassPolicyAllowed = 12,
+    /// Towards a pod: a packet of (or a reply to) a connection policy already allowed.
+    PassPolicyTracked = 13,
     /// Truncated or malformed header.
     DropMalformed = 32,
     /// The service port exists but has no usable endpoint.
@@ -31,13 +37,17 @@ pub enum Reason {
     DropNatFailed = 35,
     /// A backend slot pointed at a missing backend (agent update in flight).
     DropNoBackend = 36,
+    /// No NetworkPolicy selecting the source pod allows this egress connection.
+    DropPolicyEgress = 37,
+    /// No NetworkPolicy selecting the destination pod allows this ingress connection.
+    DropPolicyIngress = 38,
 }
 
 /// First drop reason.
 pub const DROP_BASE: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 17] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -45,11 +55,16 @@ impl Reason {
         Reason::NatNew,
         Reason::NatEstablished,
         Reason::NatReply,
+        Reason::PassPolicyNone,
+        Reason::PassPolicyAllowed,
+        Reason::PassPolicyTracked,
         Reason::DropMalformed,
         Reason::DropNoEndpoints,
         Reason::DropCtFull,
         Reason::DropNatFailed,
         Reason::DropNoBackend,
+        Reason::DropPolicyEgress,
+        Reason::DropPolicyIngress,
     ];
 
     #[inline(always)]
@@ -75,11 +90,16 @@ impl Reason {
             Reason::NatNew => "nat_new_connection",
             Reason::NatEstablished => "nat_established",
             Reason::NatReply => "nat_reply",
+            Reason::PassPolicyNone => "policy_not_isolated",
+            Reason::PassPolicyAllowed => "policy_allowed",
+            Reason::PassPolicyTracked => "policy_tracked",
             Reason::DropMalformed => "malformed",
             Reason::DropNoEndpoints => "no_endpoints",
             Reason::DropCtFull => "conntrack_full",
             Reason::DropNatFailed => "nat_failed",
             Reason::DropNoBackend => "no_backend",
+            Reason::DropPolicyEgress => "policy_denied_egress",
+            Reason::DropPolicyIngress => "policy_denied_ingress",
         }
     }
 
@@ -99,11 +119,26 @@ impl Reason {
             Reason::NatReply => {
                 "reply of a tracked connection: source translated back to the service address"
             }
+            Reason::PassPolicyNone => {
+                "destination is not a policy-isolated pod of this node; delivered"
+            }
+            Reason::PassPolicyAllowed => {
+                "new connection allowed by the destination's ingress policy"
+            }
+            Reason::PassPolicyTracked => {
+                "part of (or a reply to) a connection policy already allowed; delivered"
+            }
             Reason::DropMalformed => "truncated or malformed header: dropped",
             Reason::DropNoEndpoints => "service port has no ready endpoint: dropped",
             Reason::DropCtFull => "connection-tracking table refused a new entry: dropped",
             Reason::DropNatFailed => "packet rewrite failed: dropped",
             Reason::DropNoBackend => "service slot points at a missing backend: dropped",
+            Reason::DropPolicyEgress => {
+                "no NetworkPolicy selecting the source pod allows this egress: dropped"
+            }
+            Reason::DropPolicyIngress => {
+                "no NetworkPolicy selecting the destination pod allows this ingress: dropped"
+            }
         }
     }
 }
@@ -117,7 +152,7 @@ mod tests {
     #[test]
     fn drops_are_exactly_the_drop_variants() {
         let drops: std::vec::Vec<_> = Reason::ALL.iter().filter(|r| r.is_drop()).collect();
-        assert_eq!(drops.len(), 5);
+        assert_eq!(drops.len(), 7);
         assert!(drops.iter().all(|r| format!("{r:?}").starts_with("Drop")));
     }
 
