@@ -191,7 +191,7 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
         let limit = Duration::from_secs(30) + Duration::from_millis(10 * n as u64);
         let ready = wait_ready(&cns, vip, SVC_REQ_PORT, limit, Some(&mut agent));
         let measured = ready.and_then(|t| {
-            let m = measure(&cns, vip, SVC_REQ_PORT, SVC_BULK_PORT, budget)?;
+            let m = measure(&cns, &[vip], SVC_REQ_PORT, SVC_BULK_PORT, budget)?;
             Ok((
                 m,
                 format!("agent ready {:.1} s after start", t.as_secs_f64()),
@@ -214,7 +214,7 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
         let rules = iptables::full_restore(&svcs, CLUSTER_CIDR);
         let t = apply_iptables(&node, &rules)?;
         wait_ready(&cns, vip, SVC_REQ_PORT, Duration::from_secs(10), None)?;
-        let m = measure(&cns, vip, SVC_REQ_PORT, SVC_BULK_PORT, budget)?;
+        let m = measure(&cns, &[vip], SVC_REQ_PORT, SVC_BULK_PORT, budget)?;
         let rule_count = rules.lines().filter(|l| l.starts_with("-A")).count();
         results.push((
             "iptables",
@@ -237,7 +237,7 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
         let rules = nftables::full_ruleset(&svcs, CLUSTER_CIDR);
         let t = apply_nft(&node, &rules)?;
         wait_ready(&cns, vip, SVC_REQ_PORT, Duration::from_secs(10), None)?;
-        let m = measure(&cns, vip, SVC_REQ_PORT, SVC_BULK_PORT, budget)?;
+        let m = measure(&cns, &[vip], SVC_REQ_PORT, SVC_BULK_PORT, budget)?;
         results.push((
             "nftables",
             m,
@@ -252,14 +252,16 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
         }
     }
 
-    // (d) no proxy: straight to one backend pod.
+    // (d) no proxy: straight to the backend pods, rotating over them.
     {
-        let be = IpAddr::V4(backend_ips[0]);
-        let m = measure(&cns, be, REQ_PORT, BULK_PORT, budget)?;
+        let bes: Vec<IpAddr> = backend_ips.iter().map(|a| IpAddr::V4(*a)).collect();
+        let m = measure(&cns, &bes, REQ_PORT, BULK_PORT, budget)?;
         results.push((
             "noproxy",
             m,
-            "client pod to a backend pod's IP directly, no netfilter rules, no BPF".into(),
+            "client pod to the backend pods' IPs directly (round robin), no netfilter rules, \
+             no BPF"
+                .into(),
         ));
     }
     drop(servers);
@@ -274,7 +276,7 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
         note,
     };
     for (variant, m, note) in &results {
-        let base = format!("traffic_{variant}_{n}_services");
+        let base = format!("{variant}_{n}_services");
         let detail = format!(
             "{note}; {} connections ({} failed), {} backends answered",
             m.connections, m.failures, m.backends_seen
@@ -312,7 +314,7 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
     };
     for other in ["iptables", "noproxy"] {
         figures.push(fig(
-            format!("traffic_skiff_vs_{other}_{n}_services_connections_ratio"),
+            format!("skiff_vs_{other}_{n}_services_connections_ratio"),
             cps("skiff") / cps(other),
             format!("skiff connections/s divided by {other}'s (>1: skiff faster)"),
         ));
@@ -376,19 +378,37 @@ fn wait_ready(
 }
 
 /// Connections, latency and bulk throughput from `ns` to `addr`.
-fn measure(ns: &str, addr: IpAddr, req_port: u16, bulk_port: u16, b: Budget) -> Result<Measured> {
-    let to = SocketAddr::new(addr, req_port);
+/// Sequential connections from `ns`, rotating over `addrs` (one address for a service; the
+/// backends themselves for the no-proxy baseline, so that it spreads connections like the
+/// proxies do instead of piling every TIME_WAIT onto one server), then one bulk stream from
+/// the first address.
+fn measure(
+    ns: &str,
+    addrs: &[IpAddr],
+    req_port: u16,
+    bulk_port: u16,
+    b: Budget,
+) -> Result<Measured> {
+    let Some(&first) = addrs.first() else {
+        bail!("no address to measure");
+    };
+    let targets: Vec<SocketAddr> = addrs
+        .iter()
+        .map(|a| SocketAddr::new(*a, req_port))
+        .collect();
+    let to = targets[0];
     let (lat, failures, backends, total) = in_netns(ns, || {
-        for _ in 0..b.warmup {
-            let _ = exchange(to);
+        for i in 0..b.warmup {
+            let _ = exchange(targets[i % targets.len()]);
         }
         let mut lat = Vec::with_capacity(b.connections);
         let mut failures = 0;
         let mut backends = std::collections::BTreeSet::new();
         let start = Instant::now();
         while lat.len() + failures < b.connections && start.elapsed() < b.connections_time {
+            let target = targets[(lat.len() + failures) % targets.len()];
             let t = Instant::now();
-            match exchange(to) {
+            match exchange(target) {
                 Ok(reply) => {
                     lat.push(t.elapsed());
                     backends.insert(reply);
@@ -410,7 +430,7 @@ fn measure(ns: &str, addr: IpAddr, req_port: u16, bulk_port: u16, b: Budget) -> 
     let mut us: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e6).collect();
     us.sort_by(f64::total_cmp);
     let pct = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize];
-    let bulk_to = SocketAddr::new(addr, bulk_port);
+    let bulk_to = SocketAddr::new(first, bulk_port);
     let limit = b.bulk_time + Duration::from_secs(2);
     let (bytes, elapsed) = in_netns(ns, || bulk_receive(bulk_to, limit))?;
     if bytes == 0 {
@@ -686,7 +706,7 @@ mod tests {
                 "latency_p99_us",
                 "bulk_gbit_per_s",
             ] {
-                let key = format!("traffic_{variant}_10_services_{metric}");
+                let key = format!("{variant}_10_services_{metric}");
                 let f = figures
                     .iter()
                     .find(|f| f.key == key)
@@ -695,7 +715,7 @@ mod tests {
             }
             let cps = figures
                 .iter()
-                .find(|f| f.key == format!("traffic_{variant}_10_services_connections_per_s"))
+                .find(|f| f.key == format!("{variant}_10_services_connections_per_s"))
                 .unwrap();
             if variant != "noproxy" {
                 assert!(
@@ -707,6 +727,6 @@ mod tests {
         }
         assert!(figures
             .iter()
-            .any(|f| f.key == "traffic_skiff_vs_iptables_10_services_connections_ratio"));
+            .any(|f| f.key == "skiff_vs_iptables_10_services_connections_ratio"));
     }
 }

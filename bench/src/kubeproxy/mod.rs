@@ -266,7 +266,7 @@ pub fn restore_figures(scales: &[usize]) -> Result<Vec<Figure>> {
             let rules = full.lines().filter(|l| l.starts_with("-A")).count();
             let t = apply_iptables(ns, &full)?;
             figures.push(fig(
-                format!("control_iptables_restore_{n}_services_ms"),
+                format!("iptables_restore_{n}_services_ms"),
                 t,
                 format!(
                     "iptables-restore --noflush of kube-proxy's nat rules, {n} services x \
@@ -275,7 +275,7 @@ pub fn restore_figures(scales: &[usize]) -> Result<Vec<Figure>> {
             ));
             let t = apply_iptables(ns, &iptables::full_restore(&after, CLUSTER_CIDR))?;
             figures.push(fig(
-                format!("control_iptables_endpoint_change_full_sync_{n}_services_ms"),
+                format!("iptables_endpoint_change_full_sync_{n}_services_ms"),
                 t,
                 format!(
                     "one endpoint of one service changed, full sync: all {rules} nat rules \
@@ -286,7 +286,7 @@ pub fn restore_figures(scales: &[usize]) -> Result<Vec<Figure>> {
             // Back to `services` with a partial sync, so the numbers measure the same change.
             let t = apply_iptables(ns, &partial)?;
             figures.push(fig(
-                format!("control_iptables_endpoint_change_partial_sync_{n}_services_ms"),
+                format!("iptables_endpoint_change_partial_sync_{n}_services_ms"),
                 t,
                 format!(
                     "one endpoint of one service changed, partial sync (MinimizeIPTablesRestore): \
@@ -302,7 +302,7 @@ pub fn restore_figures(scales: &[usize]) -> Result<Vec<Figure>> {
             let full = nftables::full_ruleset(&services, CLUSTER_CIDR);
             let t = apply_nft(ns, &full)?;
             figures.push(fig(
-                format!("control_nft_load_{n}_services_ms"),
+                format!("nft_load_{n}_services_ms"),
                 t,
                 format!(
                     "nft -f of kube-proxy's nftables-mode table, {n} services x {ENDPOINTS} \
@@ -312,7 +312,7 @@ pub fn restore_figures(scales: &[usize]) -> Result<Vec<Figure>> {
             let tx = nftables::service_update(&services[changed], &after[changed], CLUSTER_CIDR);
             let t = apply_nft(ns, &tx)?;
             figures.push(fig(
-                format!("control_nft_endpoint_change_{n}_services_ms"),
+                format!("nft_endpoint_change_{n}_services_ms"),
                 t,
                 "one endpoint of one service changed: one nft transaction touching only that \
                  service's chains (new endpoint chain, service chain refilled, old endpoint \
