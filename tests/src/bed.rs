@@ -213,22 +213,29 @@ impl TestBed {
     }
 
     fn create_netns(&mut self, name: &str) -> Result<()> {
-        if netns_exists(name) {
-            bail!("network namespace {name} already exists");
-        }
-        ip(None, &["netns", "add", name]).with_context(|| format!("creating netns {name}"))?;
+        new_netns(name)?;
         self.namespaces.push(name.to_string());
-        // Before any interface exists, so new interfaces inherit the defaults.
-        sysctls(
-            name,
-            &[
-                kv("net.ipv6.conf.all.accept_dad", "0"),
-                kv("net.ipv6.conf.default.accept_dad", "0"),
-                kv("net.ipv4.conf.all.rp_filter", "0"),
-                kv("net.ipv4.conf.default.rp_filter", "0"),
-            ],
-        )?;
-        ip(Some(name), &["link", "set", "lo", "up"])
+        Ok(())
+    }
+
+    /// Plug this node into `underlay` (interface [`crate::UNDERLAY_IF`]) with its node
+    /// addresses. Its default route stays on [`UPLINK`]: routes to other nodes' pods go
+    /// through [`TestBed::route_via`].
+    pub fn join_underlay(
+        &self,
+        underlay: &crate::Underlay,
+        ipv4: Ipv4Addr,
+        ipv6: Option<Ipv6Addr>,
+    ) -> Result<()> {
+        underlay.plug(&self.node, ipv4, ipv6)
+    }
+
+    /// In the node namespace: route `dest` (address or CIDR) through `via`.
+    pub fn route_via(&self, dest: &str, via: std::net::IpAddr) -> Result<()> {
+        ip(
+            Some(&self.node),
+            &["route", "add", dest, "via", &via.to_string()],
+        )
     }
 
     /// Removes every namespace whose name starts with `prefix` (killing the processes in it),
@@ -288,6 +295,25 @@ impl Drop for TestBed {
     }
 }
 
+/// Creates namespace `name` with skiff's test defaults (no DAD, no rp_filter, lo up).
+pub(crate) fn new_netns(name: &str) -> Result<()> {
+    if netns_exists(name) {
+        bail!("network namespace {name} already exists");
+    }
+    ip(None, &["netns", "add", name]).with_context(|| format!("creating netns {name}"))?;
+    // Before any interface exists, so new interfaces inherit the defaults.
+    sysctls(
+        name,
+        &[
+            kv("net.ipv6.conf.all.accept_dad", "0"),
+            kv("net.ipv6.conf.default.accept_dad", "0"),
+            kv("net.ipv4.conf.all.rp_filter", "0"),
+            kv("net.ipv4.conf.default.rp_filter", "0"),
+        ],
+    )?;
+    ip(Some(name), &["link", "set", "lo", "up"])
+}
+
 fn kv(key: &str, value: &str) -> (String, String) {
     (key.to_string(), value.to_string())
 }
@@ -308,7 +334,7 @@ fn netns_pids(ns: &str) -> Vec<libc::pid_t> {
 
 /// Kills the processes in each namespace (SIGTERM, SIGKILL after 2 s) and deletes it. Keeps
 /// going after errors and reports the first.
-fn remove_namespaces(names: &[String]) -> Result<()> {
+pub(crate) fn remove_namespaces(names: &[String]) -> Result<()> {
     let mut first_error = None;
     let mut pids = Vec::new();
     for ns in names {

@@ -30,6 +30,7 @@ mod bpffs;
 mod net;
 mod netns;
 mod process;
+mod underlay;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -46,6 +47,7 @@ pub use netns::{
     NETNS_DIR,
 };
 pub use process::{netns_command, Process};
+pub use underlay::{ExternalHost, Underlay, UNDERLAY_IF};
 
 /// Whether this process runs with effective uid 0.
 pub fn is_root() -> bool {

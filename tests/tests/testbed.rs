@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use skiff_testbed::{
     list_netns, netns_exists, require_root, serial, tcp_connect_once, tcp_echo_server, tcp_round,
     tcp_server, udp_request, udp_round, udp_server, LongLivedClient, SerialGuard, TestBed,
+    Underlay,
 };
 
 const T: Duration = Duration::from_secs(2);
@@ -72,6 +73,64 @@ fn pods_reach_each_other_by_pod_ip_v4_and_v6() {
     // Nobody listens on this port: refused, quickly.
     let refused = tcp_connect_once(&a.netns, b4, 9, T).unwrap_err();
     assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
+}
+
+/// Two nodes on one underlay bridge, a pod on each, and an external host: pods reach each
+/// other across nodes (v4 and v6) and the external host reaches a pod through its node.
+#[test]
+fn two_nodes_on_an_underlay_route_pods_and_external_hosts() {
+    require_root();
+    let _lock = serial();
+    let mut ul = Underlay::new(24).unwrap();
+    let mut n1 = TestBed::new().unwrap();
+    let mut n2 = TestBed::new().unwrap();
+    let (ip1, ip2) = (v4("192.0.2.11"), v4("192.0.2.12"));
+    let (ip1_6, ip2_6) = (v6("2001:db8::11"), v6("2001:db8::12"));
+    n1.join_underlay(&ul, ip1, Some(ip1_6)).unwrap();
+    n2.join_underlay(&ul, ip2, Some(ip2_6)).unwrap();
+    n1.route_via("10.244.2.0/24", IpAddr::V4(ip2)).unwrap();
+    n1.route_via("fd00:244:2::/64", IpAddr::V6(ip2_6)).unwrap();
+    n2.route_via("10.244.1.0/24", IpAddr::V4(ip1)).unwrap();
+    n2.route_via("fd00:244:1::/64", IpAddr::V6(ip1_6)).unwrap();
+    let a = n1
+        .add_pod(
+            "a",
+            "skd0",
+            Some(v4("10.244.1.5")),
+            Some(v6("fd00:244:1::5")),
+        )
+        .unwrap();
+    let b = n2
+        .add_pod(
+            "b",
+            "skd0",
+            Some(v4("10.244.2.5")),
+            Some(v6("fd00:244:2::5")),
+        )
+        .unwrap();
+    let ext = ul.add_external("ext", v4("192.0.2.100"), None).unwrap();
+    ul.route(&ext, "10.244.1.0/24", IpAddr::V4(ip1)).unwrap();
+    let _servers = [
+        tcp_server(&b.netns, ANY4, 8080, "b").unwrap(),
+        tcp_server(&b.netns, ANY6, 8080, "b").unwrap(),
+        udp_server(&b.netns, ANY4, 5353, "b").unwrap(),
+        tcp_server(&a.netns, ANY4, 8080, "a").unwrap(),
+    ];
+    let b4 = IpAddr::V4(b.ipv4.unwrap());
+    assert_eq!(tcp_connect_once(&a.netns, b4, 8080, T).unwrap(), "b");
+    assert_eq!(udp_request(&a.netns, b4, 5353, T).unwrap(), "b");
+    let b6 = IpAddr::V6(b.ipv6.unwrap());
+    assert_eq!(tcp_connect_once(&a.netns, b6, 8080, T).unwrap(), "b");
+    let a4 = IpAddr::V4(a.ipv4.unwrap());
+    assert_eq!(tcp_connect_once(ext.ns(), a4, 8080, T).unwrap(), "a");
+    // Not routed towards node 2: unreachable from outside.
+    assert!(tcp_connect_once(ext.ns(), b4, 8080, Duration::from_millis(300)).is_err());
+    let names: Vec<String> = [n1.namespaces(), n2.namespaces()].concat();
+    drop((n1, n2, ul));
+    let left = list_netns().unwrap();
+    for n in names.iter().chain([&ext.netns]) {
+        assert!(!left.contains(n), "{n} left behind");
+    }
 }
 
 #[test]
