@@ -181,7 +181,7 @@ fn targets(figs: &[Figure]) -> Vec<Target> {
             unit: "ms",
         });
         t.push(Target {
-            what: "one endpoint change p99 (manifests dir, full rescan)",
+            what: "one endpoint change p99 (manifests dir)",
             keys: vec![format!("control_endpoint_change_dir_rescan_{tag}_p99_ms")],
             limit: 50.0,
             unit: "ms",
@@ -307,8 +307,8 @@ agent's work: `manifests::load_strict` (read, parse, validate), `translate`, `Wr
 the maps of a loaded `Datapath`. One endpoint change (the first endpoint of the last service \
 gets a new address) is measured two ways, until a read-back of the service's slots and backends \
 finds the new address: in memory (translate + diff + write) and through the manifests \
-directory as the agent does it today (rewrite one file, then a full rescan and reparse of the \
-directory, translate, diff, write; the agent's 500 ms polling interval comes on top). Peak RSS \
+directory as the agent does it (rewrite one file, then a rescan of the directory that re-parses \
+only the changed file, translate, diff, write; the agent's polling interval comes on top). Peak RSS \
 is VmHWM from `/proc/self/status` of that child at the end.
 - **Timing**: wall-clock `Instant` in user space; kernel-reported durations for test runs.";
 

@@ -11,10 +11,10 @@ use thiserror::Error;
 use super::object::ObjectId;
 use crate::model::ValidationError;
 
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum ManifestError {
     #[error("cannot read manifests directory {}: {error}", dir.display())]
-    ReadDir { dir: PathBuf, error: io::Error },
+    ReadDir { dir: PathBuf, error: Arc<io::Error> },
 
     #[error("{}: cannot read: {error}", file.display())]
     ReadFile {
@@ -108,7 +108,7 @@ impl fmt::Display for DocPos {
     }
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum DocProblem {
     #[error("not a mapping (expected a Kubernetes object)")]
     NotAMapping,

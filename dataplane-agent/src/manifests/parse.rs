@@ -11,7 +11,7 @@ use super::error::{DocPos, DocProblem, ManifestError};
 use super::object::{self, DecodeError, Kind, Object, ObjectId};
 
 /// What a file that is valid YAML (or JSON) holds.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ParsedFile {
     /// Objects of the recognised kinds, in file order, each parsed and validated or not.
     pub objects: Vec<(ObjectId, Result<Object, ManifestError>)>,

@@ -45,7 +45,7 @@ impl DirSnapshot {
     pub fn read(dir: &Path) -> Result<DirSnapshot, ManifestError> {
         let read_dir_err = |source| ManifestError::ReadDir {
             dir: dir.to_path_buf(),
-            error: source,
+            error: Arc::new(source),
         };
         let mut files = Vec::new();
         for entry in fs::read_dir(dir).map_err(read_dir_err)? {
