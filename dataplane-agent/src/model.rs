@@ -108,16 +108,18 @@ pub enum Problem {
     Duplicate(String),
     #[error("{0}")]
     Constraint(&'static str),
+    #[error("{value:?} {reason}")]
+    InvalidValue { value: String, reason: String },
 }
 
 /// Names the object under validation in its errors.
-struct Ctx {
+pub(crate) struct Ctx {
     kind: &'static str,
     object: String,
 }
 
 impl Ctx {
-    fn new(kind: &'static str, namespace: Option<&str>, name: Option<&str>) -> Ctx {
+    pub(crate) fn new(kind: &'static str, namespace: Option<&str>, name: Option<&str>) -> Ctx {
         let name = name.unwrap_or("<unnamed>");
         let object = match namespace {
             Some(ns) => format!("{ns}/{name}"),
@@ -126,7 +128,7 @@ impl Ctx {
         Ctx { kind, object }
     }
 
-    fn err(&self, field: impl Into<String>, problem: Problem) -> ValidationError {
+    pub(crate) fn err(&self, field: impl Into<String>, problem: Problem) -> ValidationError {
         ValidationError {
             kind: self.kind,
             object: self.object.clone(),
@@ -135,13 +137,13 @@ impl Ctx {
         }
     }
 
-    fn ip(&self, field: impl Into<String>, s: &str) -> Result<IpAddr, ValidationError> {
+    pub(crate) fn ip(&self, field: impl Into<String>, s: &str) -> Result<IpAddr, ValidationError> {
         s.parse()
             .map_err(|_| self.err(field, Problem::InvalidIp(s.to_string())))
     }
 
     /// A port number: 1-65535.
-    fn port(&self, field: impl Into<String>, n: i32) -> Result<u16, ValidationError> {
+    pub(crate) fn port(&self, field: impl Into<String>, n: i32) -> Result<u16, ValidationError> {
         match u16::try_from(n) {
             Ok(p) if p != 0 => Ok(p),
             _ => Err(self.err(field, Problem::PortOutOfRange(n.into()))),
@@ -160,7 +162,7 @@ impl Ctx {
         }
     }
 
-    fn protocol(
+    pub(crate) fn protocol(
         &self,
         field: impl Into<String>,
         s: Option<&str>,

@@ -471,6 +471,30 @@ async fn invalid_objects_are_reported_and_keep_their_last_good_version() {
         update.problems
     );
 
+    // NetworkPolicies are validated the same way.
+    server.apply_value(policy("np", "web"));
+    let update = next(&mut source).await;
+    assert!(update
+        .state
+        .network_policies
+        .contains_key(&nn("demo", "np")));
+    let mut bad_policy = policy("np", "db");
+    bad_policy["spec"]["ingress"] = json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/16",
+                                                                   "except": ["10.1.0.0/24"]}}]}]);
+    server.apply_value(bad_policy);
+    let update = next(&mut source).await;
+    assert!(
+        update.problems[0].starts_with(
+            "NetworkPolicy demo/np: spec.ingress[0].from[0].ipBlock.except[0]: \"10.1.0.0/24\" \
+             must be a strict subset of cidr 10.0.0.0/16"
+        ) && update.problems[0].ends_with("keeping its last good version"),
+        "{:?}",
+        update.problems
+    );
+    let kept = &update.state.network_policies[&nn("demo", "np")];
+    let selector = kept.spec.as_ref().unwrap().pod_selector.as_ref().unwrap();
+    assert_eq!(selector.match_labels.as_ref().unwrap()["app"], "web");
+
     // Fixed: the new version replaces the last good one.
     server.apply_value(service("web", "10.96.0.11"));
     let update = next(&mut source).await;

@@ -129,7 +129,9 @@ impl WatchedKind for networking::NetworkPolicy {
         model::namespaced_key(Self::KIND, meta)
     }
 
+    /// Stored as the k8s type, but only when valid (like Services).
     fn into_stored(self) -> Result<networking::NetworkPolicy, ValidationError> {
+        crate::policy::Policy::from_k8s(&self)?;
         Ok(trim::network_policy(self))
     }
 

@@ -92,10 +92,13 @@ mod tests {
                  \x20 annotations: {{big: blob}}}}\n\
                  spec:\n\
                  \x20 nodeName: n1\n\
+                 \x20 hostNetwork: false\n\
                  \x20 containers: [{{name: c, image: nginx, ports: [{{name: http, containerPort: 8080}}]}}]\n\
+                 \x20 initContainers: [{{name: s, image: envoy, restartPolicy: Always, ports: [{{name: admin, containerPort: 9901, protocol: UDP}}]}}]\n\
                  status:\n\
                  \x20 phase: Running\n\
                  \x20 podIP: 10.244.1.5\n\
+                 \x20 podIPs: [{{ip: 10.244.1.5}}, {{ip: 'fd00::5'}}]\n\
                  \x20 conditions: [{{type: Ready, status: '{ready}'}}]\n"
             )
         };
@@ -114,6 +117,47 @@ mod tests {
             (ports[0].name.as_deref(), ports[0].container_port),
             (Some("http"), 8080)
         );
-        assert_eq!(a.status.unwrap().pod_ip.as_deref(), Some("10.244.1.5"));
+        assert_eq!(spec.host_network, Some(false));
+        let side = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(side.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(side.image, None);
+        let port = &side.ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                port.name.as_deref(),
+                port.container_port,
+                port.protocol.as_deref()
+            ),
+            (Some("admin"), 9901, Some("UDP"))
+        );
+        let status = a.status.unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.5"));
+        let ips: Vec<&str> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|p| p.ip.as_str())
+            .collect();
+        assert_eq!(ips, ["10.244.1.5", "fd00::5"]);
+    }
+
+    #[test]
+    fn namespace_and_policy_keep_what_policy_needs() {
+        let ns: core::Namespace = serde_yaml::from_str(
+            "metadata: {name: x, labels: {team: a}, resourceVersion: '7'}\nstatus: {phase: Active}",
+        )
+        .unwrap();
+        let ns = namespace(ns);
+        assert_eq!(ns.metadata.labels.unwrap()["team"], "a");
+        assert_eq!(ns.metadata.resource_version, None);
+        let np: networking::NetworkPolicy = serde_yaml::from_str(
+            "metadata: {name: p, namespace: x, generation: 3}\n\
+             spec: {podSelector: {matchLabels: {a: b}}, policyTypes: [Egress], egress: [{ports: [{port: 53, protocol: UDP}]}]}",
+        )
+        .unwrap();
+        let trimmed = network_policy(np.clone());
+        assert_eq!(trimmed.spec, np.spec);
+        assert_eq!(trimmed.metadata.generation, None);
     }
 }

@@ -163,6 +163,8 @@ pub(crate) fn decode(id: &ObjectId, value: Value) -> Result<Object, DecodeError>
         Kind::NetworkPolicy => {
             let mut policy: networking::NetworkPolicy = typed(value)?;
             policy.metadata.namespace = namespace;
+            // Stored as the k8s type, but only when valid (like Services).
+            crate::policy::Policy::from_k8s(&policy).map_err(DecodeError::Invalid)?;
             Object::NetworkPolicy(Box::new(policy))
         }
         Kind::Namespace => Object::Namespace(Box::new(typed(value)?)),

@@ -335,6 +335,49 @@ mod tests {
     }
 
     #[test]
+    fn invalid_network_policy_keeps_its_previous_good_version() {
+        let policy = |port: &str| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {{name: np, namespace: demo}}\n\
+                 spec: {{podSelector: {{}}, ingress: [{{ports: [{{port: {port}}}]}}]}}\n"
+            )
+        };
+        let port_of = |store: &ManifestStore| {
+            let state = store.cluster_state();
+            let np = &state.network_policies[&NamespacedName::new("demo", "np")];
+            let rule = &np.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0];
+            format!("{:?}", rule.ports.as_ref().unwrap()[0].port)
+        };
+        let dir = TestDir::new();
+        let mut store = ManifestStore::new();
+        dir.write("np.yaml", &policy("80"));
+        assert!(apply(&mut store, &dir).is_empty());
+        assert_eq!(port_of(&store), "Some(Int(80))");
+
+        dir.write("np.yaml", &policy("70000"));
+        let problems = apply(&mut store, &dir);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains(
+                "NetworkPolicy demo/np: spec.ingress[0].ports[0].port: port 70000 is out of range"
+            ),
+            "{problems:?}"
+        );
+        assert_eq!(port_of(&store), "Some(Int(80))");
+
+        // Never valid: absent.
+        dir.write("np.yaml", "");
+        dir.write(
+            "other.yaml",
+            &policy("'Bad_Name'").replace("name: np", "name: other"),
+        );
+        let problems = apply(&mut store, &dir);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(store.cluster_state().network_policies.is_empty());
+    }
+
+    #[test]
     fn schema_error_keeps_previous_version_too() {
         let dir = TestDir::new();
         let mut store = ManifestStore::new();
