@@ -98,6 +98,16 @@ enum Command {
         #[arg(long)]
         dport: Option<u16>,
     },
+    /// Which NetworkPolicies select a pod, in which directions, and what they allow.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        manifests: PathBuf,
+        /// The pod, as namespace/name.
+        #[arg(long)]
+        pod: String,
+    },
     /// Load the programs through the verifier and print their verified instruction counts.
     Programs,
 }
@@ -228,6 +238,21 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     eprint!("{}", explain(&input, &r));
                 }
             }
+            Ok(())
+        }
+        Command::Explain {
+            config,
+            manifests,
+            pod,
+        } => {
+            let config = NodeConfig::load(&config)?;
+            let state = skiff::manifests::load_strict(&manifests)?;
+            let Some((namespace, name)) = pod.split_once('/') else {
+                bail!("--pod {pod:?}: expected namespace/name");
+            };
+            let model = skiff::policy::PolicyModel::new(&state, &config);
+            let pod = skiff::model::NamespacedName::new(namespace, name);
+            print!("{}", skiff::policy::explain(&model, &pod));
             Ok(())
         }
         Command::Cleanup { bpffs } => {
