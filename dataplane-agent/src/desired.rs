@@ -2,9 +2,11 @@
 //! (`translate`) and the input of the map writer (`bpf::writer`). No ids, no byte orders: the
 //! writer owns those.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 /// IP protocols a Service port can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,4 +111,9 @@ pub struct DesiredState {
     pub frontends: BTreeMap<Frontend, FrontendEntry>,
     /// Frontends of services with `sessionAffinity: ClientIP`, and the timeout in seconds.
     pub session_affinity: BTreeMap<Frontend, u32>,
+    /// Every ClusterIP of a proxied Service: traffic to a port it does not define is
+    /// rejected (kube-proxy nftables' `cluster-ips` set).
+    pub cluster_ips: BTreeSet<IpAddr>,
+    /// `serviceCIDRs`: traffic to an address in them that is no ClusterIP is dropped.
+    pub service_cidrs: Vec<IpNet>,
 }

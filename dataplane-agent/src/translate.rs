@@ -16,7 +16,10 @@ use crate::model::{
 /// What the service maps should hold for `state` on the node `config` describes.
 pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
     let slices = slices_by_service(state);
-    let mut desired = DesiredState::default();
+    let mut desired = DesiredState {
+        service_cidrs: config.service_cidrs.clone().unwrap_or_default(),
+        ..DesiredState::default()
+    };
     for svc in state.services.values() {
         let ips = match cluster_ips_to_proxy(svc) {
             Ok(ips) => ips,
@@ -25,6 +28,7 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
                 continue;
             }
         };
+        desired.cluster_ips.extend(ips.iter().copied());
         let svc_slices = slices
             .get(&svc.key())
             .map(Vec::as_slice)
@@ -474,6 +478,48 @@ mod tests {
         // The API's default timeout: 3 hours.
         assert_eq!(aff("10.96.0.2"), Some(10_800));
         assert_eq!(aff("10.96.0.3"), None);
+    }
+
+    #[test]
+    fn cluster_ips_of_proxied_services_and_service_cidrs_form_the_address_space() {
+        // kube-proxy (nftables) rejects ports a ClusterIP does not define and drops
+        // unallocated addresses of the service CIDRs: every proxied ClusterIP is listed
+        // (ports or not, endpoints or not); headless and foreign-proxy ones are not.
+        let cfg = NodeConfig::from_yaml_str(
+            "nodeName: node-a\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
+             serviceCIDRs: [10.96.0.0/16, 'fd00:96::/108']\n",
+            "test",
+        )
+        .unwrap();
+        let d = translate(
+            &state(&[
+                svc(
+                    "ns",
+                    "a",
+                    "{clusterIPs: [10.96.0.1, 'fd00:96::1'], ports: [{port: 80}]}",
+                ),
+                svc("ns", "headless", "{clusterIP: None, ports: [{port: 80}]}"),
+                String::from(
+                    "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: ns, \
+                     labels: {service.kubernetes.io/service-proxy-name: x}}\n\
+                     spec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}\n"
+                ),
+            ]),
+            &cfg,
+        );
+        assert_eq!(
+            d.cluster_ips.iter().copied().collect::<Vec<_>>(),
+            vec![ip("10.96.0.1"), ip("fd00:96::1")]
+        );
+        assert_eq!(
+            d.service_cidrs,
+            vec![
+                "10.96.0.0/16".parse().unwrap(),
+                "fd00:96::/108".parse().unwrap()
+            ]
+        );
+        // Without serviceCIDRs only the ClusterIPs are known.
+        assert!(translate(&state(&[]), &config()).service_cidrs.is_empty());
     }
 
     #[test]

@@ -17,9 +17,10 @@ use skiff::desired::{
 use skiff::packet::{self, FlowSpec, L4Proto, ParsedFrame, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Verified instruction counts when last recorded (session affinity took TC from 12,739 to
-/// 15,330 and XDP from 39,251 to 44,479). A change beyond the tolerance fails the
+/// 15,330 and XDP from 39,251 to 44,479; REJECT replies and the service address space to
+/// 24,991 and 54,425). A change beyond the tolerance fails the
 /// test so that growth (or a surprising shrink) is seen and the numbers updated on purpose.
-const RECORDED_INSNS: [(&str, u32); 2] = [("skiff_tc_pod", 15_330), ("skiff_xdp_ext", 44_479)];
+const RECORDED_INSNS: [(&str, u32); 2] = [("skiff_tc_pod", 24_991), ("skiff_xdp_ext", 54_425)];
 const INSNS_TOLERANCE_PCT: u32 = 15;
 
 fn ip(s: &str) -> IpAddr {
@@ -277,22 +278,188 @@ fn new_connections_spread_over_every_backend() {
     );
 }
 
+fn be32(frame: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(frame[at..at + 4].try_into().unwrap())
+}
+
+/// A packet to a service port without endpoints comes back as the reply kube-proxy's
+/// REJECT gives: to the sender's MAC and address, from the address and port it tried.
+fn assert_reply_to(out: &RunOutcome, p: &ParsedFrame, s: &FlowSpec, want: Reason) {
+    assert!(out.sent_back, "sent back out, got ret {}", out.ret);
+    assert!(!out.dropped);
+    assert_eq!(out.reason, Some(want));
+    assert_eq!(
+        (p.dst_mac, p.src_mac),
+        (packet::SRC_MAC, packet::DST_MAC),
+        "MACs swapped"
+    );
+    assert_eq!((p.src, p.dst), (s.dst, s.src), "addresses swapped");
+    assert_checksums(p);
+}
+
 #[test]
-fn service_without_endpoints_drops_and_counts() {
-    let d = desired(vec![(frontend("10.96.0.10", 80, Protocol::Tcp), vec![])]);
+fn tcp_to_a_service_without_endpoints_gets_a_reset_per_rfc_793() {
+    let d = desired(vec![
+        (frontend("10.96.0.10", 80, Protocol::Tcp), vec![]),
+        (frontend("fd00:96::10", 80, Protocol::Tcp), vec![]),
+    ]);
     let (mut dp, _w) = loaded(&d);
-    let frame = packet::build_frame(&spec(
-        Protocol::Tcp,
-        "10.244.1.5",
-        40_000,
-        "10.96.0.10",
-        80,
-        TCP_SYN,
-    ))
-    .unwrap();
-    let out = testrun::run(&mut dp, Hook::TcPod, &frame).unwrap();
-    assert!(out.dropped);
-    assert_eq!(out.reason, Some(Reason::DropNoEndpoints));
+    for hook in [Hook::TcPod, Hook::XdpExt] {
+        for (client, vip) in [
+            ("10.244.1.5", "10.96.0.10"),
+            ("fd00:244:1::5", "fd00:96::10"),
+        ] {
+            // A SYN (no ACK): <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>, the SYN counting one.
+            let mut syn = spec(Protocol::Tcp, client, 40_000, vip, 80, TCP_SYN);
+            syn.payload.clear();
+            let (out, p) = run(&mut dp, hook, &syn);
+            assert_reply_to(&out, &p, &syn, Reason::RejectNoEndpoints);
+            assert_eq!((p.proto, p.sport, p.dport), (L4Proto::Tcp, 80, 40_000));
+            assert_eq!(p.tcp_flags, TCP_RST | TCP_ACK, "{hook:?} {client}");
+            assert_eq!(p.payload_len, 0);
+            let l4 = p.l4_offset;
+            assert_eq!(be32(&out.frame, l4 + 4), 0, "seq");
+            let isn = be32(&packet::build_frame(&syn).unwrap(), l4 + 4);
+            assert_eq!(
+                be32(&out.frame, l4 + 8),
+                isn.wrapping_add(1),
+                "ack = ISN + 1"
+            );
+            assert_eq!(out.frame.len(), l4 + 20, "nothing after the RST");
+
+            // Data with FIN and no ACK: acknowledges the data and the FIN.
+            let fin = spec(Protocol::Tcp, client, 40_001, vip, 80, TCP_FIN);
+            let (out, p) = run(&mut dp, hook, &fin);
+            assert_reply_to(&out, &p, &fin, Reason::RejectNoEndpoints);
+            let seq = be32(&packet::build_frame(&fin).unwrap(), l4 + 4);
+            let want = seq.wrapping_add(fin.payload.len() as u32 + 1);
+            assert_eq!(be32(&out.frame, l4 + 8), want);
+
+            // A segment with ACK: <SEQ=SEG.ACK><CTL=RST>.
+            let ack = spec(Protocol::Tcp, client, 40_002, vip, 80, TCP_ACK);
+            let (out, p) = run(&mut dp, hook, &ack);
+            assert_reply_to(&out, &p, &ack, Reason::RejectNoEndpoints);
+            assert_eq!(p.tcp_flags, TCP_RST);
+            let their_ack = be32(&packet::build_frame(&ack).unwrap(), l4 + 8);
+            assert_eq!(be32(&out.frame, l4 + 4), their_ack);
+            assert_eq!(be32(&out.frame, l4 + 8), 0);
+
+            // Never a reset for a reset: dropped and counted.
+            let rst = spec(Protocol::Tcp, client, 40_003, vip, 80, TCP_RST);
+            let frame = packet::build_frame(&rst).unwrap();
+            let out = testrun::run(&mut dp, hook, &frame).unwrap();
+            assert!(out.dropped && !out.sent_back);
+            assert_eq!(out.reason, Some(Reason::DropNoEndpoints));
+        }
+    }
+}
+
+#[test]
+fn udp_and_sctp_to_a_service_without_endpoints_get_port_unreachable() {
+    let mut entries = Vec::new();
+    for proto in [Protocol::Udp, Protocol::Sctp] {
+        entries.push((frontend("10.96.0.10", 53, proto), vec![]));
+        entries.push((frontend("fd00:96::10", 53, proto), vec![]));
+    }
+    let (mut dp, _w) = loaded(&desired(entries));
+    for hook in [Hook::TcPod, Hook::XdpExt] {
+        for proto in [Protocol::Udp, Protocol::Sctp] {
+            for (client, vip) in [
+                ("10.244.1.5", "10.96.0.10"),
+                ("fd00:244:1::5", "fd00:96::10"),
+            ] {
+                // Payload sizes around the reply's: the packet grows and shrinks.
+                for payload in [0usize, 11, 300] {
+                    let mut s = spec(proto, client, 40_000, vip, 53, 0);
+                    s.payload = vec![0x5a; payload];
+                    let (out, p) = run(&mut dp, hook, &s);
+                    assert_reply_to(&out, &p, &s, Reason::RejectNoEndpoints);
+                    let v6 = s.src.is_ipv6();
+                    let (proto_l4, ty, code) = if v6 {
+                        (L4Proto::Icmpv6, packet::ICMPV6_DEST_UNREACH, 4)
+                    } else {
+                        (L4Proto::Icmp, packet::ICMP_DEST_UNREACH, 3)
+                    };
+                    assert_eq!(p.proto, proto_l4, "{hook:?} {proto:?} {client}");
+                    assert_eq!((p.icmp_type, p.icmp_code), (Some(ty), Some(code)));
+                    // The quoted packet is the client's original, unchanged.
+                    let inner = p.inner.clone().expect("quoted original header");
+                    assert_eq!(inner.proto, l4(proto));
+                    assert_eq!((inner.src, inner.dst), (s.src, s.dst));
+                    assert_eq!((inner.sport, inner.dport), (40_000, 53));
+                    assert!(inner.ip_checksum_ok);
+                    let original = packet::build_frame(&s).unwrap();
+                    let quoted = &out.frame[p.l4_offset + 8..];
+                    let ip_len = if v6 { 40 } else { 20 };
+                    assert_eq!(
+                        quoted,
+                        &original[14..14 + ip_len + 8],
+                        "IP header + 8 bytes"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn clusterip_undefined_ports_are_rejected_and_unallocated_addresses_dropped() {
+    let mut d = desired(vec![
+        (
+            frontend("10.96.0.10", 80, Protocol::Tcp),
+            backends(&["10.244.1.11"], 8080, Protocol::Tcp),
+        ),
+        (
+            frontend("fd00:96::10", 80, Protocol::Tcp),
+            backends(&["fd00:244:1::11"], 8080, Protocol::Tcp),
+        ),
+    ]);
+    d.cluster_ips = [ip("10.96.0.10"), ip("fd00:96::10")].into_iter().collect();
+    d.service_cidrs = vec![
+        "10.96.0.0/16".parse().unwrap(),
+        "fd00:96::/108".parse().unwrap(),
+    ];
+    let (mut dp, _w) = loaded(&d);
+    for (n, hook) in [Hook::TcPod, Hook::XdpExt].into_iter().enumerate() {
+        for (client, vip, unallocated, outside) in [
+            ("10.244.1.5", "10.96.0.10", "10.96.0.11", "10.97.0.10"),
+            ("fd00:244:1::5", "fd00:96::10", "fd00:96::11", "fd00:97::10"),
+        ] {
+            // The defined port still works.
+            let s = spec(Protocol::Tcp, client, 1 + n as u16, vip, 80, TCP_SYN);
+            let (out, _) = run(&mut dp, hook, &s);
+            assert_eq!(out.reason, Some(Reason::NatNew));
+            // Another port, another protocol: rejected (kube-proxy's cluster-ips-check).
+            let s = spec(Protocol::Tcp, client, 40_000, vip, 81, TCP_SYN);
+            let (out, p) = run(&mut dp, hook, &s);
+            assert_reply_to(&out, &p, &s, Reason::RejectUndefinedPort);
+            assert_eq!(p.tcp_flags, TCP_RST | TCP_ACK);
+            let s = spec(Protocol::Udp, client, 40_000, vip, 80, 0);
+            let (out, p) = run(&mut dp, hook, &s);
+            assert_reply_to(&out, &p, &s, Reason::RejectUndefinedPort);
+            assert!(p.proto.is_icmp());
+            // An address of the service range no Service holds: dropped.
+            let frame = packet::build_frame(&spec(
+                Protocol::Tcp,
+                client,
+                40_000,
+                unallocated,
+                80,
+                TCP_SYN,
+            ))
+            .unwrap();
+            let out = testrun::run(&mut dp, hook, &frame).unwrap();
+            assert!(out.dropped, "{hook:?} {unallocated}");
+            assert_eq!(out.reason, Some(Reason::DropUnallocatedServiceIp));
+            // Outside the service ranges: untouched.
+            let frame =
+                packet::build_frame(&spec(Protocol::Tcp, client, 40_000, outside, 80, TCP_SYN))
+                    .unwrap();
+            let out = testrun::run(&mut dp, hook, &frame).unwrap();
+            assert_eq!(out.reason, Some(Reason::PassNoService));
+            assert_eq!(out.frame, frame);
+        }
+    }
 }
 
 #[test]

@@ -153,6 +153,12 @@ pub const SVC_F_NONE: u16 = 0;
 /// `sessionAffinity: ClientIP`: a client's new connections go to its last backend.
 pub const SVC_F_AFFINITY: u16 = 1 << 0;
 
+/// `SK_SVCNET_V1` values: the address is some Service's ClusterIP (a port it does not define
+/// is rejected) ...
+pub const SVCNET_CLUSTER_IP: u32 = 1;
+/// ... or lies in `serviceCIDRs` without being allocated (dropped).
+pub const SVCNET_RANGE: u32 = 2;
+
 /// Backend flags.
 pub const BE_F_NONE: u8 = 0;
 

@@ -6,7 +6,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, SCRATCH, SERVICES},
+    maps::{NetKey, AFFINITY, BACKENDS, SCRATCH, SERVICES, SERVICE_NETS},
     parse::Flow,
 };
 
@@ -26,6 +26,14 @@ pub fn service_key(flow: &Flow, slot: u16) -> ServiceKey {
 #[inline(always)]
 pub fn lookup_service(flow: &Flow) -> Option<ServiceValue> {
     unsafe { SERVICES.get(&service_key(flow, 0)) }.copied()
+}
+
+/// What the service address space says about the flow's destination when it matches no
+/// frontend: `SVCNET_CLUSTER_IP`, `SVCNET_RANGE` or nothing.
+#[inline(always)]
+pub fn service_net(flow: &Flow) -> Option<u32> {
+    let key = NetKey::new(128, flow.dst);
+    SERVICE_NETS.get(&key).copied()
 }
 
 /// Pick the backend of a new connection: the client's affinity backend when the service has

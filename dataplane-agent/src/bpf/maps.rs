@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
 use dataplane_common::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, STATS},
+    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, STATS},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
 };
 
@@ -20,6 +20,8 @@ pub struct Maps {
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// ClusterIPs and service ranges (`SVCNET_*` values).
+    pub service_nets: LpmTrie<MapData, [u8; 16], u32>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
@@ -44,6 +46,7 @@ impl Maps {
             conntrack: typed(CONNTRACK, take(ebpf, CONNTRACK)?)?,
             affinity: typed(AFFINITY, take(ebpf, AFFINITY)?)?,
             stats: typed(STATS, take(ebpf, STATS)?)?,
+            service_nets: typed(SERVICE_NETS, take(ebpf, SERVICE_NETS)?)?,
         })
     }
 
@@ -53,6 +56,13 @@ impl Maps {
 
     pub fn read_backends(&self) -> Result<BTreeMap<u32, Backend>, MapError> {
         self.backends.iter().collect()
+    }
+
+    pub fn read_service_nets(&self) -> Result<BTreeMap<(u32, [u8; 16]), u32>, MapError> {
+        self.service_nets
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect()
     }
 
     /// Packets counted per reason, summed over CPUs.

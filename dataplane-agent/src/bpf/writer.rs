@@ -5,8 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::MapError;
-use dataplane_common::{Backend, ServiceKey, ServiceValue, SVC_F_AFFINITY, SVC_F_NONE};
+use dataplane_common::{
+    Backend, ServiceKey, ServiceValue, SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_AFFINITY, SVC_F_NONE,
+};
 use thiserror::Error;
 
 use super::{abi, maps::Maps};
@@ -17,7 +20,12 @@ use crate::desired::DesiredState;
 pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
+    /// The service address space: (prefix length in bits, 16-byte address) -> `SVCNET_*`.
+    pub service_nets: BTreeMap<NetPrefix, u32>,
 }
+
+/// An LPM entry of the service address space: prefix length in bits over the 16-byte form.
+pub type NetPrefix = (u32, [u8; 16]);
 
 /// One map operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +34,8 @@ pub enum Op {
     PutService(ServiceKey, ServiceValue),
     DelService(ServiceKey),
     DelBackend(u32),
+    PutNet(NetPrefix, u32),
+    DelNet(NetPrefix),
 }
 
 /// Render the desired state into map contents. Backend ids are kept from `current` for
@@ -78,6 +88,18 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
             );
         }
     }
+    for net in &desired.service_cidrs {
+        let bits = match net {
+            ipnet::IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+            ipnet::IpNet::V6(n) => u32::from(n.prefix_len()),
+        };
+        out.service_nets
+            .insert((bits, abi::addr16(net.network())), SVCNET_RANGE);
+    }
+    for ip in &desired.cluster_ips {
+        out.service_nets
+            .insert((128, abi::addr16(*ip)), SVCNET_CLUSTER_IP);
+    }
     out
 }
 
@@ -109,6 +131,18 @@ pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     for id in current.backends.keys() {
         if !desired.backends.contains_key(id) {
             ops.push(Op::DelBackend(*id));
+        }
+    }
+    // The address space last: a new ClusterIP's frontends exist before its marker, and a
+    // removed one's marker outlives them (its traffic is rejected, never leaked).
+    for (k, v) in &desired.service_nets {
+        if current.service_nets.get(k) != Some(v) {
+            ops.push(Op::PutNet(*k, *v));
+        }
+    }
+    for k in current.service_nets.keys() {
+        if !desired.service_nets.contains_key(k) {
+            ops.push(Op::DelNet(*k));
         }
     }
     ops
@@ -155,6 +189,9 @@ impl Writer {
                 backends: maps
                     .read_backends()
                     .map_err(|e| WriteError::Read(Box::new(e)))?,
+                service_nets: maps
+                    .read_service_nets()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
             },
         })
     }
@@ -179,6 +216,12 @@ impl Writer {
                 Op::PutService(k, v) => maps.services.insert(k, v, 0),
                 Op::DelService(k) => ignore_missing(maps.services.remove(k)),
                 Op::DelBackend(id) => ignore_missing(maps.backends.remove(id)),
+                Op::PutNet((bits, addr), v) => {
+                    maps.service_nets.insert(&LpmKey::new(*bits, *addr), v, 0)
+                }
+                Op::DelNet((bits, addr)) => {
+                    ignore_missing(maps.service_nets.remove(&LpmKey::new(*bits, *addr)))
+                }
             };
             if let Err(source) = res {
                 return Err(WriteError::Apply {
@@ -211,6 +254,12 @@ impl Writer {
             }
             Op::DelBackend(id) => {
                 self.current.backends.remove(&id);
+            }
+            Op::PutNet(k, v) => {
+                self.current.service_nets.insert(k, v);
+            }
+            Op::DelNet(k) => {
+                self.current.service_nets.remove(&k);
             }
         }
     }
@@ -276,6 +325,12 @@ mod tests {
                 }
                 Op::DelBackend(id) => {
                     current.backends.remove(id);
+                }
+                Op::PutNet(k, v) => {
+                    current.service_nets.insert(*k, *v);
+                }
+                Op::DelNet(k) => {
+                    current.service_nets.remove(k);
                 }
             }
         }
@@ -433,5 +488,51 @@ mod tests {
         ]);
         let m = render(&d, &MapContents::default());
         assert_eq!(m.backends.len(), 1);
+    }
+
+    #[test]
+    fn address_space_renders_ranges_and_cluster_ips_and_diffs() {
+        let mut d = state(&[(fe("10.96.0.10", 80), vec![be("10.244.0.1", 8080)])]);
+        d.cluster_ips.insert("10.96.0.10".parse().unwrap());
+        d.service_cidrs = vec![
+            "10.96.0.0/16".parse().unwrap(),
+            "fd00:96::/108".parse().unwrap(),
+        ];
+        let r = render(&d, &MapContents::default());
+        let mut v4 = [0u8; 16];
+        v4[10..12].copy_from_slice(&[0xff, 0xff]);
+        v4[12..14].copy_from_slice(&[10, 96]);
+        let mut ip = v4;
+        ip[15] = 10;
+        let v6: [u8; 16] = "fd00:96::".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let want: BTreeMap<NetPrefix, u32> = [
+            ((96 + 16, v4), SVCNET_RANGE),
+            ((108, v6), SVCNET_RANGE),
+            ((128, ip), SVCNET_CLUSTER_IP),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(r.service_nets, want);
+
+        // The ClusterIP goes away: its marker is deleted after its frontend.
+        let empty = DesiredState {
+            service_cidrs: d.service_cidrs.clone(),
+            ..DesiredState::default()
+        };
+        let r2 = render(&empty, &r);
+        let ops = plan(&r, &r2);
+        let del_net = ops
+            .iter()
+            .position(|o| *o == Op::DelNet((128, ip)))
+            .unwrap();
+        let del_master = ops
+            .iter()
+            .position(|o| matches!(o, Op::DelService(k) if k.slot == 0))
+            .unwrap();
+        assert!(del_master < del_net, "{ops:?}");
+        let mut cur = r.clone();
+        apply(&mut cur, &ops);
+        assert_eq!(cur, r2);
+        assert!(plan(&r2, &r2).is_empty());
     }
 }
