@@ -502,7 +502,7 @@ mod tests {
                 String::from(
                     "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: ns, \
                      labels: {service.kubernetes.io/service-proxy-name: x}}\n\
-                     spec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}\n"
+                     spec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}\n",
                 ),
             ]),
             &cfg,

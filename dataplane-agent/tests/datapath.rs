@@ -803,3 +803,49 @@ fn ten_thousand_services_with_ten_endpoints_fit_the_maps() {
     assert_eq!(out.reason, Some(Reason::NatNew));
     assert_eq!(p.dport, 8080);
 }
+
+#[test]
+fn trace_answers_reject_at_both_hooks() {
+    use skiff::config::NodeConfig;
+    use skiff::trace::{FlowInput, Tracer};
+    let config = NodeConfig::from_yaml_str(
+        "nodeName: n\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
+         serviceCIDRs: [10.96.0.0/16]\n",
+        "test",
+    )
+    .unwrap();
+    let mut d = desired(vec![
+        (frontend("10.96.0.10", 80, Protocol::Tcp), vec![]),
+        (frontend("10.96.0.10", 53, Protocol::Udp), vec![]),
+    ]);
+    d.cluster_ips.insert(ip("10.96.0.10"));
+    d.service_cidrs = config.service_cidrs.clone().unwrap();
+    let mut t = Tracer::new(config, d).expect("loading the programs (needs root)");
+    let flow = |proto: &str, src: &str, dst: &str, dport: u16| FlowInput {
+        proto: proto.into(),
+        src: ip(src),
+        sport: 40_000,
+        dst: ip(dst),
+        dport,
+    };
+    for src in ["10.244.1.5", "198.51.100.7"] {
+        for (proto, dport, code) in [
+            ("tcp", 80, "reject_no_endpoints"),
+            ("udp", 53, "reject_no_endpoints"),
+            ("tcp", 81, "reject_undefined_port"),
+        ] {
+            let r = t.trace(&flow(proto, src, "10.96.0.10", dport)).unwrap();
+            assert_eq!(
+                (r.verdict, r.code),
+                ("reject", Some(code)),
+                "{src} {proto} {dport}"
+            );
+            assert_eq!(r.dnat, None);
+        }
+        let r = t.trace(&flow("tcp", src, "10.96.0.11", 80)).unwrap();
+        assert_eq!(
+            (r.verdict, r.code),
+            ("drop", Some("unallocated_service_ip"))
+        );
+    }
+}

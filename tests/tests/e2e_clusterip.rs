@@ -88,12 +88,10 @@ fn service(
         y += &format!(
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata:\n  name: {name}-{}\n  namespace: e2e\n  labels: {{kubernetes.io/service-name: {name}}}\n\
-             addressType: {family}\nports:\n- {{name: p, port: {target}, protocol: {proto}}}\nendpoints:\n",
-            family.to_lowercase()
+             addressType: {family}\nports:\n- {{name: p, port: {target}, protocol: {proto}}}\nendpoints:{}\n",
+            family.to_lowercase(),
+            if addr.is_empty() { " []" } else { "" }
         );
-        if addr.is_empty() {
-            y += "[]\n";
-        }
         for a in addr {
             y += &format!(
                 "- addresses: [\"{a}\"]\n  conditions: {{ready: true}}\n  nodeName: e2e-node\n"
@@ -513,5 +511,105 @@ fn agent_killed_and_restarted_three_times_under_load_fails_no_connection() -> Re
         tally.errors
     );
     assert_held_intact(held);
+    Ok(())
+}
+
+/// How a connection attempt from `ns` ended, and after how long.
+fn attempt(
+    ns: &str,
+    proto: &str,
+    to: std::net::SocketAddr,
+) -> Result<(std::io::ErrorKind, Duration)> {
+    use std::io::ErrorKind;
+    let proto = proto.to_string();
+    skiff_testbed::in_netns(ns, move || {
+        let start = Instant::now();
+        let kind = if proto == "tcp" {
+            match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                Ok(_) => bail!("TCP connection to {to} succeeded"),
+                Err(e) => e.kind(),
+            }
+        } else {
+            let any: std::net::SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            let s = std::net::UdpSocket::bind(any)?;
+            s.connect(to)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.send(b"ping\n")?;
+            let mut buf = [0u8; 64];
+            match s.recv(&mut buf) {
+                Ok(_) => bail!("UDP answer from {to}"),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ErrorKind::TimedOut,
+                Err(e) => e.kind(),
+            }
+        };
+        Ok((kind, start.elapsed()))
+    })
+}
+
+#[test]
+fn service_without_endpoints_and_undefined_ports_are_refused_at_once() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let node = Node::start(1, |b| {
+        vec![
+            (
+                "web.yaml".into(),
+                service("web", VIP, Some(VIP6), 80, "TCP", 8080, b),
+            ),
+            (
+                "empty.yaml".into(),
+                service(
+                    "empty",
+                    "10.96.0.20",
+                    Some("fd00:96::20"),
+                    80,
+                    "TCP",
+                    8080,
+                    &[],
+                ),
+            ),
+            (
+                "dns.yaml".into(),
+                service(
+                    "dns",
+                    "10.96.0.53",
+                    Some("fd00:96::53"),
+                    53,
+                    "UDP",
+                    5353,
+                    &[],
+                ),
+            ),
+        ]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+    let refused = std::io::ErrorKind::ConnectionRefused;
+    for (proto, to) in [
+        // No endpoints: TCP RST / ICMP port unreachable from the datapath.
+        ("tcp", "10.96.0.20:80"),
+        ("tcp", "[fd00:96::20]:80"),
+        ("udp", "10.96.0.53:53"),
+        ("udp", "[fd00:96::53]:53"),
+        // A port the ClusterIP does not define (kube-proxy's cluster-ips-check).
+        ("tcp", "10.96.0.10:81"),
+        ("udp", "[fd00:96::10]:80"),
+    ] {
+        let (kind, took) = attempt(node.client.ns(), proto, to.parse()?)?;
+        assert_eq!(kind, refused, "{proto} to {to}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{proto} to {to} refused after {took:?}"
+        );
+    }
+    // An address of serviceCIDRs no Service holds: dropped, the client times out.
+    let (kind, _) = attempt(node.client.ns(), "tcp", "10.96.0.99:80".parse()?)?;
+    assert_eq!(kind, std::io::ErrorKind::TimedOut);
+    // The service with endpoints still answers.
+    let t = tcp_round(node.client.ns(), ip(VIP), 80, 5, TIMEOUT)?;
+    assert_eq!(t.failures, 0, "{:?}", t.errors);
     Ok(())
 }
