@@ -169,8 +169,9 @@ fn external_frontends(
         let is_lb_ip = svc.type_ == ServiceType::LoadBalancer
             && svc.load_balancer_ips.contains(&fe.addr)
             && fe.port == port.port;
-        if is_lb_ip && !svc.load_balancer_source_ranges.is_empty() {
-            // Ranges only of the other family: nothing of this family is allowed.
+        // As kube-proxy's per-family proxiers: ranges only of the other family leave this
+        // family's LoadBalancer IPs open.
+        if is_lb_ip && !ranges.is_empty() {
             desired.source_ranges.insert(fe, ranges.clone());
         }
     }

@@ -18,9 +18,9 @@ use skiff::packet::{self, FlowSpec, L4Proto, ParsedFrame, TCP_ACK, TCP_FIN, TCP_
 
 /// Verified instruction counts when last recorded (session affinity took TC from 12,739 to
 /// 15,330 and XDP from 39,251 to 44,479; REJECT replies and the service address space to
-/// 24,991 and 54,425). A change beyond the tolerance fails the
+/// 24,991 and 54,425; external scope and source ranges to 26,507 and 57,030). A change beyond the tolerance fails the
 /// test so that growth (or a surprising shrink) is seen and the numbers updated on purpose.
-const RECORDED_INSNS: [(&str, u32); 2] = [("skiff_tc_pod", 24_991), ("skiff_xdp_ext", 54_425)];
+const RECORDED_INSNS: [(&str, u32); 2] = [("skiff_tc_pod", 26_507), ("skiff_xdp_ext", 57_030)];
 const INSNS_TOLERANCE_PCT: u32 = 15;
 
 fn ip(s: &str) -> IpAddr {
@@ -847,5 +847,232 @@ fn trace_answers_reject_at_both_hooks() {
             (r.verdict, r.code),
             ("drop", Some("unallocated_service_ip"))
         );
+    }
+}
+
+/// 100 new connections from `client` (a fresh source port each) at `hook`: the backends
+/// chosen, or the one reason every packet got when none was translated.
+fn destinations(
+    dp: &mut Datapath,
+    hook: Hook,
+    client: &str,
+    vip: &str,
+    port: u16,
+) -> Result<BTreeSet<IpAddr>, Reason> {
+    dp.maps.clear_flow_state().unwrap();
+    let mut seen = BTreeSet::new();
+    for sport in 20_000..20_100 {
+        let s = spec(Protocol::Tcp, client, sport, vip, port, TCP_SYN);
+        let (out, p) = run(dp, hook, &s);
+        match out.reason {
+            Some(Reason::NatNew) => {
+                assert_checksums(&p);
+                seen.insert(p.dst);
+            }
+            Some(r) => return Err(r),
+            None => panic!("no counter moved"),
+        }
+    }
+    Ok(seen)
+}
+
+#[test]
+fn external_scope_is_looked_up_first_at_xdp_only() {
+    use skiff::desired::ExternalEntry;
+    // A NodePort (IPv4 and IPv6) with externalTrafficPolicy Local: endpoints .11 (this node)
+    // and .12 (another node).
+    let mut entries = Vec::new();
+    let mut d = DesiredState::default();
+    for (node_ip, local, remote) in [
+        ("192.0.2.1", "10.244.1.11", "10.244.2.12"),
+        ("2001:db8::1", "fd00:244:1::11", "fd00:244:2::12"),
+    ] {
+        let fe = frontend(node_ip, 30_080, Protocol::Tcp);
+        entries.push((fe, backends(&[local, remote], 8080, Protocol::Tcp)));
+        d.external.insert(
+            fe,
+            ExternalEntry {
+                backends: backends(&[local], 8080, Protocol::Tcp),
+                drop_when_empty: false,
+            },
+        );
+    }
+    let mut full = desired(entries);
+    full.external = d.external.clone();
+    let (mut dp, mut w) = loaded(&full);
+    for (client, pod, node_ip, local, remote) in [
+        (
+            "198.51.100.7",
+            "10.244.1.5",
+            "192.0.2.1",
+            "10.244.1.11",
+            "10.244.2.12",
+        ),
+        (
+            "2001:db8:7::7",
+            "fd00:244:1::5",
+            "2001:db8::1",
+            "fd00:244:1::11",
+            "fd00:244:2::12",
+        ),
+    ] {
+        // From outside: only the local endpoint.
+        let got = destinations(&mut dp, Hook::XdpExt, client, node_ip, 30_080).unwrap();
+        assert_eq!(got, [ip(local)].into_iter().collect());
+        // From a pod: every endpoint (kube-proxy's short-circuit).
+        let got = destinations(&mut dp, Hook::TcPod, pod, node_ip, 30_080).unwrap();
+        assert_eq!(got, [ip(local), ip(remote)].into_iter().collect());
+    }
+    // The local endpoint goes away while the remote one stays: external traffic is dropped,
+    // pods still reach the remote endpoint.
+    for entry in full.external.values_mut() {
+        entry.backends.clear();
+        entry.drop_when_empty = true;
+    }
+    w.sync(&mut dp.maps, &full).unwrap();
+    assert_eq!(
+        destinations(&mut dp, Hook::XdpExt, "198.51.100.7", "192.0.2.1", 30_080),
+        Err(Reason::DropNoLocalEndpoints)
+    );
+    assert!(destinations(&mut dp, Hook::TcPod, "10.244.1.5", "192.0.2.1", 30_080).is_ok());
+    // Without the external entry (eTP Cluster), outside traffic uses the internal one.
+    full.external.clear();
+    w.sync(&mut dp.maps, &full).unwrap();
+    let got = destinations(&mut dp, Hook::XdpExt, "198.51.100.7", "192.0.2.1", 30_080).unwrap();
+    assert_eq!(got.len(), 2);
+}
+
+#[test]
+fn load_balancer_source_ranges_drop_other_sources_at_both_hooks() {
+    let lb = frontend("192.0.2.127", 80, Protocol::Tcp);
+    let lb6 = frontend("2001:db8:127::1", 80, Protocol::Tcp);
+    let mut d = desired(vec![
+        (lb, backends(&["10.244.1.11"], 8080, Protocol::Tcp)),
+        (lb6, backends(&["fd00:244:1::11"], 8080, Protocol::Tcp)),
+        (
+            frontend("192.0.2.128", 80, Protocol::Tcp),
+            backends(&["10.244.1.11"], 8080, Protocol::Tcp),
+        ),
+    ]);
+    d.source_ranges.insert(
+        lb,
+        vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "10.244.1.5/32".parse().unwrap(),
+        ],
+    );
+    d.source_ranges
+        .insert(lb6, vec!["2001:db8:203::/48".parse().unwrap()]);
+    let (mut dp, mut w) = loaded(&d);
+    let check = |dp: &mut Datapath, hook, client: &str, vip: &str, want: Reason| {
+        let (out, _) = run(
+            dp,
+            hook,
+            &spec(Protocol::Tcp, client, 40_000, vip, 80, TCP_SYN),
+        );
+        assert_eq!(out.reason, Some(want), "{hook:?} {client} -> {vip}");
+        let _ = dp.maps.clear_flow_state();
+    };
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "203.0.113.9",
+        "192.0.2.127",
+        Reason::NatNew,
+    );
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "198.51.100.7",
+        "192.0.2.127",
+        Reason::DropSourceRange,
+    );
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "2001:db8:203::9",
+        "2001:db8:127::1",
+        Reason::NatNew,
+    );
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "2001:db8:7::7",
+        "2001:db8:127::1",
+        Reason::DropSourceRange,
+    );
+    // Pods are sources like any other (kube-proxy filters in prerouting).
+    check(
+        &mut dp,
+        Hook::TcPod,
+        "10.244.1.5",
+        "192.0.2.127",
+        Reason::NatNew,
+    );
+    check(
+        &mut dp,
+        Hook::TcPod,
+        "10.244.1.6",
+        "192.0.2.127",
+        Reason::DropSourceRange,
+    );
+    // A frontend without ranges takes everyone.
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "198.51.100.7",
+        "192.0.2.128",
+        Reason::NatNew,
+    );
+    // Ranges change: the new one applies, the old one no longer does.
+    d.source_ranges
+        .insert(lb, vec!["198.51.100.0/24".parse().unwrap()]);
+    w.sync(&mut dp.maps, &d).unwrap();
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "198.51.100.7",
+        "192.0.2.127",
+        Reason::NatNew,
+    );
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "203.0.113.9",
+        "192.0.2.127",
+        Reason::DropSourceRange,
+    );
+    // Ranges removed: open to all.
+    d.source_ranges.clear();
+    w.sync(&mut dp.maps, &d).unwrap();
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "203.0.113.9",
+        "192.0.2.127",
+        Reason::NatNew,
+    );
+    assert!(dp.maps.read_source_ranges().unwrap().is_empty());
+}
+
+#[test]
+fn local_policy_without_local_endpoints_drops_instead_of_rejecting() {
+    let fe = frontend("10.96.0.10", 80, Protocol::Tcp);
+    let mut d = desired(vec![(fe, vec![])]);
+    d.drop_when_empty.insert(fe);
+    let (mut dp, _w) = loaded(&d);
+    for hook in [Hook::TcPod, Hook::XdpExt] {
+        let frame = packet::build_frame(&spec(
+            Protocol::Tcp,
+            "10.244.1.5",
+            40_000,
+            "10.96.0.10",
+            80,
+            TCP_SYN,
+        ))
+        .unwrap();
+        let out = testrun::run(&mut dp, hook, &frame).unwrap();
+        assert!(out.dropped && !out.sent_back);
+        assert_eq!(out.reason, Some(Reason::DropNoLocalEndpoints));
     }
 }

@@ -51,6 +51,11 @@ pub enum Reason {
     DropUnallocatedServiceIp = 40,
     /// A ClusterIP port the Service does not define, where no reject reply can be built.
     DropUndefinedPort = 41,
+    /// externalTrafficPolicy / internalTrafficPolicy Local without an endpoint on this
+    /// node, while the Service has endpoints elsewhere (kube-proxy drops).
+    DropNoLocalEndpoints = 42,
+    /// Source outside the LoadBalancer's `loadBalancerSourceRanges`.
+    DropSourceRange = 43,
 }
 
 /// First drop reason.
@@ -60,7 +65,7 @@ pub const REJECT_FIRST: u32 = 16;
 pub const REJECT_LAST: u32 = 23;
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 23] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -82,6 +87,8 @@ impl Reason {
         Reason::DropPolicyIngress,
         Reason::DropUnallocatedServiceIp,
         Reason::DropUndefinedPort,
+        Reason::DropNoLocalEndpoints,
+        Reason::DropSourceRange,
     ];
 
     #[inline(always)]
@@ -126,6 +133,8 @@ impl Reason {
             Reason::DropPolicyIngress => "policy_denied_ingress",
             Reason::DropUnallocatedServiceIp => "unallocated_service_ip",
             Reason::DropUndefinedPort => "undefined_port",
+            Reason::DropNoLocalEndpoints => "no_local_endpoints",
+            Reason::DropSourceRange => "source_range",
         }
     }
 
@@ -179,6 +188,12 @@ impl Reason {
             Reason::DropUndefinedPort => {
                 "ClusterIP has no such port and no reject reply can be built: dropped"
             }
+            Reason::DropNoLocalEndpoints => {
+                "traffic policy Local and no endpoint on this node (the service has others): dropped"
+            }
+            Reason::DropSourceRange => {
+                "source is outside the service's loadBalancerSourceRanges: dropped"
+            }
         }
     }
 }
@@ -192,7 +207,7 @@ mod tests {
     #[test]
     fn drops_are_exactly_the_drop_variants() {
         let drops: std::vec::Vec<_> = Reason::ALL.iter().filter(|r| r.is_drop()).collect();
-        assert_eq!(drops.len(), 9);
+        assert_eq!(drops.len(), 11);
         assert!(drops.iter().all(|r| format!("{r:?}").starts_with("Drop")));
     }
 

@@ -7,8 +7,12 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    maps::{AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, SERVICE_NETS_MAX, STATS_MAX},
+    maps::{
+        AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, SERVICE_NETS_MAX,
+        SOURCE_RANGES_MAX, STATS_MAX,
+    },
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Scratch, ServiceKey, ServiceValue,
+    SourceRangeKey,
 };
 
 use crate::reject::ReplyBuf;
@@ -51,6 +55,11 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map(name = "SK_SVCNET_V1")]
 pub static SERVICE_NETS: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(SERVICE_NETS_MAX, BPF_F_NO_PREALLOC);
+
+/// `loadBalancerSourceRanges` of LoadBalancer IP frontends, by range-set id and source.
+#[map(name = "SK_LBSRC_V1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
+    LpmTrie::with_max_entries(SOURCE_RANGES_MAX, BPF_F_NO_PREALLOC);
 
 /// Where REJECT replies are built (too large for the stack at the depth they are built).
 #[map(name = "SK_REPLY_V1")]

@@ -2,7 +2,8 @@
 //! new one on a service frontend, and translate.
 
 use dataplane_common::{
-    Reason, ServiceValue, CT_F_REPLY, PROTO_TCP, SVCNET_CLUSTER_IP, SVCNET_RANGE,
+    Reason, ServiceValue, CT_F_REPLY, PROTO_TCP, SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_DROP_EMPTY,
+    SVC_F_SOURCE_RANGES,
 };
 
 use crate::{
@@ -13,9 +14,22 @@ use crate::{
     reject,
 };
 
+/// The pipeline for packets from pods (and the node): internal-scope frontends only.
 #[inline(always)]
 pub fn handle<C: Packet>(ctx: &C) -> Reason {
-    let flow = match parse::parse(ctx) {
+    handle_scoped(ctx, false)
+}
+
+/// The pipeline for packets from outside the node (XDP on an external interface):
+/// external-scope frontends first.
+#[inline(always)]
+pub fn handle_external<C: Packet>(ctx: &C) -> Reason {
+    handle_scoped(ctx, true)
+}
+
+#[inline(always)]
+fn handle_scoped<C: Packet>(ctx: &C, external: bool) -> Reason {
+    let mut flow = match parse::parse(ctx) {
         Ok(Parsed::Flow(f)) => f,
         Ok(Parsed::NotIp) => return Reason::PassNotIp,
         Ok(Parsed::Fragment) => return Reason::PassFragment,
@@ -48,8 +62,15 @@ pub fn handle<C: Packet>(ctx: &C) -> Reason {
     }
 
     // One call site for the reject reply: the verifier walks a subprogram once per call.
-    let (rejected, dropped) = match lb::lookup_service(&flow) {
+    let (rejected, dropped) = match lb::lookup_service(&mut flow, external) {
+        Some(svc)
+            if svc.flags & SVC_F_SOURCE_RANGES != 0
+                && !lb::source_allowed(&flow, svc.backend_id) =>
+        {
+            return Reason::DropSourceRange
+        }
         Some(svc) if svc.count > 0 => return new_connection(ctx, &flow, &svc, now),
+        Some(svc) if svc.flags & SVC_F_DROP_EMPTY != 0 => return Reason::DropNoLocalEndpoints,
         Some(_) => (Reason::RejectNoEndpoints, Reason::DropNoEndpoints),
         // Not a frontend: kube-proxy (nftables) rejects other ports of a ClusterIP and drops
         // unallocated addresses of the service ranges.

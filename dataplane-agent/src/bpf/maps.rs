@@ -8,8 +8,9 @@ use aya::{
     Ebpf,
 };
 use dataplane_common::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, STATS},
+    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOURCE_RANGES, STATS},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
+    SourceRangeKey,
 };
 
 use super::object::LoadError;
@@ -22,6 +23,8 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, u64>,
     /// ClusterIPs and service ranges (`SVCNET_*` values).
     pub service_nets: LpmTrie<MapData, [u8; 16], u32>,
+    /// `loadBalancerSourceRanges` by range-set id.
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
@@ -47,6 +50,7 @@ impl Maps {
             affinity: typed(AFFINITY, take(ebpf, AFFINITY)?)?,
             stats: typed(STATS, take(ebpf, STATS)?)?,
             service_nets: typed(SERVICE_NETS, take(ebpf, SERVICE_NETS)?)?,
+            source_ranges: typed(SOURCE_RANGES, take(ebpf, SOURCE_RANGES)?)?,
         })
     }
 
@@ -60,6 +64,13 @@ impl Maps {
 
     pub fn read_service_nets(&self) -> Result<BTreeMap<(u32, [u8; 16]), u32>, MapError> {
         self.service_nets
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect()
+    }
+
+    pub fn read_source_ranges(&self) -> Result<BTreeMap<(u32, SourceRangeKey), u32>, MapError> {
+        self.source_ranges
             .iter()
             .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
             .collect()
