@@ -1076,3 +1076,83 @@ fn local_policy_without_local_endpoints_drops_instead_of_rejecting() {
         assert_eq!(out.reason, Some(Reason::DropNoLocalEndpoints));
     }
 }
+
+#[test]
+fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
+    use skiff::config::NodeConfig;
+    use skiff::trace::{FlowInput, Origin, Tracer};
+    let dir = std::env::temp_dir().join(format!("skiff-trace-ext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let slice = |name: &str, eps: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, \
+             namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\n\
+             ports: [{{port: 8080}}]\nendpoints: {eps}\n"
+        )
+    };
+    let lb = |name: &str, cluster_ip: &str, lb_ip: &str, node_port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\n\
+             spec: {{type: LoadBalancer, clusterIP: {cluster_ip}, externalTrafficPolicy: Local, \
+             healthCheckNodePort: 32000, externalIPs: [198.51.100.32], \
+             loadBalancerSourceRanges: [203.0.113.0/24, 10.244.0.0/16], \
+             ports: [{{port: 80, targetPort: 8080, nodePort: {node_port}}}]}}\n\
+             status: {{loadBalancer: {{ingress: [{{ip: {lb_ip}}}]}}}}\n"
+        )
+    };
+    let docs = [
+        lb("web", "10.96.0.10", "192.0.2.127", 30080),
+        slice(
+            "web",
+            "[{addresses: [10.244.1.11], nodeName: node-a}, {addresses: [10.244.2.12], nodeName: node-b}]",
+        ),
+        lb("far", "10.96.0.11", "192.0.2.128", 30081).replace("198.51.100.32", "198.51.100.33"),
+        slice("far", "[{addresses: [10.244.2.13], nodeName: node-b}]"),
+    ];
+    std::fs::write(dir.join("svc.yaml"), docs.join("---\n")).unwrap();
+    let config = NodeConfig::from_yaml_str(
+        "nodeName: node-a\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n",
+        "test",
+    )
+    .unwrap();
+    let state = skiff::manifests::load_strict(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let desired = skiff::translate::translate(&state, &config);
+    let mut t = Tracer::new(config, desired).expect("loading the programs (needs root)");
+    let mut trace = |src: &str, dst: &str, dport: u16| {
+        t.trace(&FlowInput {
+            proto: "tcp".into(),
+            src: ip(src),
+            sport: 40_000,
+            dst: ip(dst),
+            dport,
+        })
+        .unwrap()
+    };
+    // From outside, eTP=Local: the local endpoint, client address kept, at the XDP hook.
+    for (dst, dport) in [
+        ("192.0.2.127", 80),
+        ("192.0.2.1", 30080),
+        ("198.51.100.32", 80),
+    ] {
+        let r = trace("203.0.113.9", dst, dport);
+        assert_eq!(r.verdict, "dnat", "{dst}:{dport} {r:?}");
+        assert_eq!(r.dnat.as_deref(), Some("10.244.1.11:8080"));
+        assert_eq!((r.snat, r.origin), (None, Origin::External));
+        assert_eq!(r.hook, Some("xdp(external interface)"));
+        assert_eq!(r.service.as_deref(), Some("ns/web"));
+    }
+    // loadBalancerSourceRanges: the LB IP refuses other sources; the NodePort does not.
+    let r = trace("198.51.100.7", "192.0.2.127", 80);
+    assert_eq!((r.verdict, r.code), ("drop", Some("source_range")));
+    assert_eq!(trace("198.51.100.7", "192.0.2.1", 30080).verdict, "dnat");
+    // No local endpoint: external traffic dropped, pods still reach the remote endpoint.
+    let r = trace("203.0.113.9", "192.0.2.1", 30081);
+    assert_eq!((r.verdict, r.code), ("drop", Some("no_local_endpoints")));
+    let r = trace("10.244.1.5", "192.0.2.1", 30081);
+    assert_eq!(r.verdict, "dnat");
+    assert_eq!(r.dnat.as_deref(), Some("10.244.2.13:8080"));
+    assert_eq!(r.hook, Some("tc-ingress(pod veth)"));
+    let r = trace("10.244.1.5", "198.51.100.33", 80);
+    assert_eq!(r.dnat.as_deref(), Some("10.244.2.13:8080"));
+}
