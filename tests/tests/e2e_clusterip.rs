@@ -613,3 +613,86 @@ fn service_without_endpoints_and_undefined_ports_are_refused_at_once() -> Result
     assert_eq!(t.failures, 0, "{:?}", t.errors);
     Ok(())
 }
+
+/// One HTTP GET to `127.0.0.1:port` inside the node namespace: status code and body.
+fn http_get_in_node(node: &Node, port: u16) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    skiff_testbed::in_netns(node.bed.node(), move || {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Ok((status, body))
+    })
+}
+
+/// Wait until the health check on `port` answers `status` (the agent polls its manifests).
+fn wait_health(node: &Node, port: u16, status: u16) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match http_get_in_node(node, port) {
+            Ok((s, body)) if s == status => return Ok(body),
+            other if Instant::now() > deadline => bail!("health check on {port}: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[test]
+fn health_check_node_port_reports_local_endpoints_like_kube_proxy() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let lb = |node_name: &str, b: &[&Pod]| {
+        let ip = b[0].ipv4.unwrap();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: e2e}}\n\
+             spec: {{type: LoadBalancer, clusterIP: 10.96.0.30, externalTrafficPolicy: Local, \
+             healthCheckNodePort: 32000, ports: [{{name: p, port: 80, targetPort: 8080, nodePort: 30080}}]}}\n\
+             status: {{loadBalancer: {{ingress: [{{ip: 192.0.2.127}}]}}}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: lb-1, namespace: e2e, labels: {{kubernetes.io/service-name: lb}}}}\n\
+             addressType: IPv4\nports: [{{name: p, port: 8080, protocol: TCP}}]\n\
+             endpoints: [{{addresses: [\"{ip}\"], nodeName: {node_name}}}]\n"
+        )
+    };
+    let node = Node::start(1, |b| {
+        vec![
+            (
+                "web.yaml".into(),
+                service("web", VIP, None, 80, "TCP", 8080, b),
+            ),
+            ("lb.yaml".into(), lb("e2e-node", b)),
+        ]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+    let body = wait_health(&node, 32000, 200)?;
+    let json: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        json,
+        serde_json::json!({"service": {"namespace": "e2e", "name": "lb"},
+                           "localEndpoints": 1, "serviceProxyHealthy": true})
+    );
+    // The endpoint moves to another node: 503, zero local endpoints.
+    let refs: Vec<&Pod> = node.backends.iter().collect();
+    node.write("lb.yaml", &lb("other-node", &refs))?;
+    let body = wait_health(&node, 32000, 503)?;
+    assert!(body.contains("\"localEndpoints\":0"), "{body}");
+    // The service goes: the port closes.
+    node.remove("lb.yaml")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get_in_node(&node, 32000).is_ok() {
+        assert!(Instant::now() < deadline, "health check port still open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
