@@ -8,7 +8,7 @@
 //! except what the reply copies on purpose.
 
 use aya_ebpf::helpers::bpf_csum_diff;
-use dataplane_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
+use dataplane_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     ctx::Packet,
@@ -52,6 +52,11 @@ const ICMPV6_PORT_UNREACH: u8 = 4;
 // A subprogram: the reply's temporaries stay out of the pipeline's stack frame.
 #[inline(never)]
 pub fn reply<C: Packet>(ctx: &C, flow: &Flow) -> Result<(), ()> {
+    // Only the protocols kube-proxy's services carry: never an ICMP error about an ICMP
+    // message (RFC 1122), whatever the parser yields for other protocols.
+    if !matches!(flow.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+        return Err(());
+    }
     let buf = REPLY.get_ptr_mut(0).ok_or(())?;
     let r = unsafe { &mut *buf };
     // Everything read from the packet is copied into the buffer by the helpers, not through
