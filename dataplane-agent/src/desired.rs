@@ -2,9 +2,11 @@
 //! (`translate`) and the input of the map writer (`bpf::writer`). No ids, no byte orders: the
 //! writer owns those.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 /// IP protocols a Service port can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,4 +111,40 @@ pub struct DesiredState {
     pub frontends: BTreeMap<Frontend, FrontendEntry>,
     /// Frontends of services with `sessionAffinity: ClientIP`, and the timeout in seconds.
     pub session_affinity: BTreeMap<Frontend, u32>,
+    /// Every ClusterIP of a proxied Service: traffic to a port it does not define is
+    /// rejected (kube-proxy nftables' `cluster-ips` set).
+    pub cluster_ips: BTreeSet<IpAddr>,
+    /// `serviceCIDRs`: traffic to an address in them that is no ClusterIP is dropped.
+    pub service_cidrs: Vec<IpNet>,
+    /// Frontends without backends whose Service port has usable endpoints elsewhere (a
+    /// `Local` traffic policy with none on this node): dropped, not rejected, like
+    /// kube-proxy.
+    pub drop_when_empty: BTreeSet<Frontend>,
+    /// The external scope: what traffic arriving from outside the node (the XDP hook) gets
+    /// at a NodePort, LoadBalancer IP or externalIP when it differs from the internal entry
+    /// in `frontends` (which pods, and the node, get): `externalTrafficPolicy: Local`.
+    pub external: BTreeMap<Frontend, ExternalEntry>,
+    /// `loadBalancerSourceRanges` of LoadBalancer IP frontends: other sources are dropped.
+    pub source_ranges: BTreeMap<Frontend, Vec<IpNet>>,
+    /// `healthCheckNodePort` listeners (LoadBalancer services with `externalTrafficPolicy:
+    /// Local`).
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+}
+
+/// An external-scope frontend: this node's endpoints only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalEntry {
+    pub backends: Vec<BackendAddr>,
+    /// No local endpoint, but the port has endpoints elsewhere: dropped (kube-proxy drops
+    /// external traffic to an eTP=Local service without local endpoints).
+    pub drop_when_empty: bool,
+}
+
+/// What kube-proxy's health check server reports for one Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    /// Distinct ready endpoints of the Service on this node (terminating ones do not count).
+    pub local_endpoints: usize,
 }

@@ -61,6 +61,21 @@ pub async fn serve_with(
     metrics: Arc<Metrics>,
     limits: Limits,
 ) -> io::Result<()> {
+    let handler: Handler = Arc::new(move |method, path| route(method, path, &metrics));
+    serve_handler(listener, handler, limits, "metrics endpoint").await
+}
+
+/// Answers one request from its method and path (query string stripped).
+pub type Handler = Arc<dyn Fn(&Method, &str) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// Serve `handler` on `listener` within `limits` until an unrecoverable accept error;
+/// `what` names the server in logs.
+pub async fn serve_handler(
+    listener: TcpListener,
+    handler: Handler,
+    limits: Limits,
+    what: &'static str,
+) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -79,25 +94,25 @@ pub async fn serve_with(
             Err(e) if is_transient(&e) => {
                 // Out of descriptors, or a connection reset before accept: keep serving, but
                 // do not spin while the condition lasts.
-                warn!("metrics endpoint: accept failed: {e}");
+                warn!("{what}: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
             Err(e) => return Err(e),
         };
-        let metrics = Arc::clone(&metrics);
+        let handler = Arc::clone(&handler);
         let http = Arc::clone(&http);
         let timeout = limits.connection_timeout;
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = route(req.method(), req.uri().path(), &metrics);
+                let response = handler(req.method(), req.uri().path());
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(timeout, conn).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%peer, "metrics endpoint connection: {e}"),
-                Err(_) => debug!(%peer, "metrics endpoint connection timed out"),
+                Ok(Err(e)) => debug!(%peer, "{what} connection: {e}"),
+                Err(_) => debug!(%peer, "{what} connection timed out"),
             }
             drop(permit);
         });

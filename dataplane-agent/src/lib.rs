@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod config;
 pub mod desired;
+pub mod healthcheck;
 pub mod http;
 pub mod kube_source;
 pub mod manifests;

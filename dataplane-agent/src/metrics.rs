@@ -36,6 +36,7 @@ const SYNC_BUCKETS: [f64; 16] = [
 pub fn verdict(reason: Reason) -> &'static str {
     match reason {
         r if r.is_drop() => "drop",
+        r if r.is_reject() => "reject",
         Reason::NatNew | Reason::NatEstablished | Reason::NatReply => "translate",
         _ => "pass",
     }
@@ -276,6 +277,7 @@ mod tests {
         assert_eq!(verdict(Reason::NatNew), "translate");
         assert_eq!(verdict(Reason::NatReply), "translate");
         assert_eq!(verdict(Reason::DropCtFull), "drop");
+        assert_eq!(verdict(Reason::RejectNoEndpoints), "reject");
         for r in Reason::ALL {
             assert_eq!(verdict(r) == "drop", r.is_drop(), "{r:?}");
         }

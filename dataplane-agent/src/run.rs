@@ -142,6 +142,8 @@ struct Agent {
     status: AgentStatus,
     status_path: Option<PathBuf>,
     attachments: attach::Attachments,
+    /// healthCheckNodePort servers of eTP=Local LoadBalancer services.
+    health_checks: crate::healthcheck::HealthChecks,
 }
 
 impl Agent {
@@ -171,6 +173,8 @@ impl Agent {
                 );
                 self.metrics.observe_sync(took, report.ops);
                 self.metrics.set_ready();
+                // Load balancers learn this node's local endpoints once the maps have them.
+                self.health_checks.sync(&desired.health_checks);
                 self.status
                     .synced(took, report.ops, desired.frontends.len());
             }
@@ -301,6 +305,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         status_path: state_dir.as_deref().map(status::status_path),
         attachments: attach::Attachments::new(pins),
         config,
+        health_checks: Default::default(),
     };
 
     // Program the maps from the first full state before any program is (re)attached: a

@@ -186,6 +186,19 @@ impl Tracer {
                 service,
             });
         }
+        if out.sent_back {
+            // The packet became the reject reply (TCP RST / ICMP unreachable) to the client.
+            return Ok(TraceResult {
+                verdict: "reject",
+                dnat: None,
+                snat: None,
+                reason,
+                code,
+                origin,
+                hook: Some(hook.name()),
+                service,
+            });
+        }
         let parsed =
             packet::parse_frame(&out.frame).map_err(|e| TraceError::Packet(e.to_string()))?;
         let dnat = (parsed.dst != input.dst || parsed.dport != input.dport)
@@ -225,6 +238,9 @@ pub fn explain(input: &FlowInput, r: &TraceResult) -> String {
     s += &format!("  verdict:   {}", r.verdict);
     if let Some(d) = &r.dnat {
         s += &format!(" to {d}");
+    }
+    if r.verdict == "reject" {
+        s += " (a TCP RST or ICMP port unreachable goes back to the client)";
     }
     if let Some(n) = &r.snat {
         s += &format!(", source masqueraded to {n}");

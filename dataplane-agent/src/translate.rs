@@ -2,11 +2,16 @@
 //! rules. Only ClusterIP frontends for now.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use tracing::{debug, warn};
 
 use crate::config::NodeConfig;
-use crate::desired::{BackendAddr, DesiredState, Frontend, FrontendEntry, ServicePortRef};
+use crate::desired::{
+    BackendAddr, DesiredState, ExternalEntry, Frontend, FrontendEntry, HealthCheck, ServicePortRef,
+};
 use crate::model::{
     ClusterIps, ClusterState, Endpoint, EndpointConditions, EndpointSlice, IpFamily,
     NamespacedName, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
@@ -16,7 +21,10 @@ use crate::model::{
 /// What the service maps should hold for `state` on the node `config` describes.
 pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
     let slices = slices_by_service(state);
-    let mut desired = DesiredState::default();
+    let mut desired = DesiredState {
+        service_cidrs: config.service_cidrs.clone().unwrap_or_default(),
+        ..DesiredState::default()
+    };
     for svc in state.services.values() {
         let ips = match cluster_ips_to_proxy(svc) {
             Ok(ips) => ips,
@@ -25,6 +33,7 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
                 continue;
             }
         };
+        desired.cluster_ips.extend(ips.iter().copied());
         let svc_slices = slices
             .get(&svc.key())
             .map(Vec::as_slice)
@@ -40,18 +49,167 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
                 port_name: port.name.clone(),
             };
             for &addr in ips {
-                let candidates = port_endpoints(svc_slices, port, IpFamily::of(&addr));
+                let family = IpFamily::of(&addr);
+                let candidates = port_endpoints(svc_slices, port, family);
                 let backends = cluster_ip_backends(svc, &candidates, config);
+                let any = usable(&candidates, None);
                 let frontend = Frontend {
                     addr,
                     port: port.port,
                     proto: port.protocol,
                 };
+                if backends.is_empty() && !any.is_empty() {
+                    desired.drop_when_empty.insert(frontend);
+                }
                 insert(&mut desired, frontend, service.clone(), backends, affinity);
+                external_frontends(
+                    &mut desired,
+                    svc,
+                    port,
+                    family,
+                    &service,
+                    &candidates,
+                    any,
+                    affinity,
+                    config,
+                );
             }
+        }
+        if let Some(hc) = health_check(svc, svc_slices, config) {
+            desired.health_checks.insert(hc.0, hc.1);
         }
     }
     desired
+}
+
+/// The addresses external traffic reaches `port` of `svc` at, in one family: NodePort on
+/// every `nodePortAddresses` node IP, `externalIPs` and LoadBalancer ingress IPs at the
+/// Service port.
+fn external_addresses(
+    svc: &Service,
+    port: &ServicePort,
+    family: IpFamily,
+    config: &NodeConfig,
+) -> Vec<Frontend> {
+    let mut out = Vec::new();
+    let of_family = |ip: &IpAddr| IpFamily::of(ip) == family;
+    if let Some(node_port) = port.node_port {
+        for ip in config
+            .node_port_addresses()
+            .iter()
+            .filter(|ip| of_family(ip))
+        {
+            out.push(Frontend {
+                addr: *ip,
+                port: node_port,
+                proto: port.protocol,
+            });
+        }
+    }
+    let lb = if svc.type_ == ServiceType::LoadBalancer {
+        svc.load_balancer_ips.as_slice()
+    } else {
+        &[]
+    };
+    for ip in svc.external_ips.iter().chain(lb).filter(|ip| of_family(ip)) {
+        out.push(Frontend {
+            addr: *ip,
+            port: port.port,
+            proto: port.protocol,
+        });
+    }
+    out
+}
+
+/// The external frontends of one Service port in one family. Pods and the node reach them
+/// like the ClusterIP but with every endpoint of the cluster (kube-proxy's short-circuit of
+/// `externalTrafficPolicy: Local` for cluster traffic, and eTP=Cluster ignores
+/// internalTrafficPolicy); traffic from outside gets an external-scope entry of this node's
+/// endpoints when the policy is Local.
+#[allow(clippy::too_many_arguments)]
+fn external_frontends(
+    desired: &mut DesiredState,
+    svc: &Service,
+    port: &ServicePort,
+    family: IpFamily,
+    service: &ServicePortRef,
+    candidates: &[PortEndpoint<'_>],
+    all: Vec<BackendAddr>,
+    affinity: Option<u32>,
+    config: &NodeConfig,
+) {
+    let frontends = external_addresses(svc, port, family, config);
+    if frontends.is_empty() {
+        return;
+    }
+    let local = (svc.external_traffic_policy == TrafficPolicy::Local)
+        .then(|| usable(candidates, Some(&config.node_name)));
+    let ranges: Vec<IpNet> = svc
+        .load_balancer_source_ranges
+        .iter()
+        .filter(|n| IpFamily::of(&n.addr()) == family)
+        .copied()
+        .collect();
+    for fe in frontends {
+        if desired.frontends.contains_key(&fe) {
+            // Another service holds this address and port (the first one keeps it).
+            insert(desired, fe, service.clone(), all.clone(), affinity);
+            continue;
+        }
+        insert(desired, fe, service.clone(), all.clone(), affinity);
+        if let Some(local) = &local {
+            desired.external.insert(
+                fe,
+                ExternalEntry {
+                    backends: local.clone(),
+                    drop_when_empty: local.is_empty() && !all.is_empty(),
+                },
+            );
+        }
+        let is_lb_ip = svc.type_ == ServiceType::LoadBalancer
+            && svc.load_balancer_ips.contains(&fe.addr)
+            && fe.port == port.port;
+        // As kube-proxy's per-family proxiers: ranges only of the other family leave this
+        // family's LoadBalancer IPs open.
+        if is_lb_ip && !ranges.is_empty() {
+            desired.source_ranges.insert(fe, ranges.clone());
+        }
+    }
+}
+
+/// kube-proxy's health check for a LoadBalancer Service with `externalTrafficPolicy:
+/// Local`: its `healthCheckNodePort` and the number of distinct ready endpoints on this node
+/// (counted per family, as kube-proxy's per-family proxiers do; the larger count wins).
+fn health_check(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    config: &NodeConfig,
+) -> Option<(u16, HealthCheck)> {
+    if svc.type_ != ServiceType::LoadBalancer || svc.external_traffic_policy != TrafficPolicy::Local
+    {
+        return None;
+    }
+    let port = svc.health_check_node_port?;
+    let count = |family: IpFamily| {
+        let mut ips = BTreeSet::new();
+        for p in &svc.ports {
+            for pe in port_endpoints(slices, p, family) {
+                let local = pe.endpoint.node_name.as_deref() == Some(config.node_name.as_str());
+                if local && pe.endpoint.conditions.ready {
+                    ips.insert(pe.backend.addr);
+                }
+            }
+        }
+        ips.len()
+    };
+    Some((
+        port,
+        HealthCheck {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+            local_endpoints: count(IpFamily::V4).max(count(IpFamily::V6)),
+        },
+    ))
 }
 
 /// The cluster IPs kube-proxy would program for `svc`, or why it would not.
@@ -169,12 +327,18 @@ fn cluster_ip_backends(
     config: &NodeConfig,
 ) -> Vec<BackendAddr> {
     let local_only = svc.internal_traffic_policy == TrafficPolicy::Local;
-    let is_local = |ep: &Endpoint| ep.node_name.as_deref() == Some(config.node_name.as_str());
+    usable(endpoints, local_only.then_some(config.node_name.as_str()))
+}
+
+/// The ready endpoints, or when there is none the serving-and-terminating ones, among all
+/// of `endpoints` or (with `node`) those on that node.
+fn usable(endpoints: &[PortEndpoint<'_>], node: Option<&str>) -> Vec<BackendAddr> {
+    let here = |ep: &Endpoint| node.is_none_or(|n| ep.node_name.as_deref() == Some(n));
     let of = |wanted: Usability| -> BTreeSet<BackendAddr> {
         endpoints
             .iter()
             .filter(|pe| usability(&pe.endpoint.conditions) == wanted)
-            .filter(|pe| !local_only || is_local(pe.endpoint))
+            .filter(|pe| here(pe.endpoint))
             .map(|pe| pe.backend)
             .collect()
     };
@@ -477,6 +641,48 @@ mod tests {
     }
 
     #[test]
+    fn cluster_ips_of_proxied_services_and_service_cidrs_form_the_address_space() {
+        // kube-proxy (nftables) rejects ports a ClusterIP does not define and drops
+        // unallocated addresses of the service CIDRs: every proxied ClusterIP is listed
+        // (ports or not, endpoints or not); headless and foreign-proxy ones are not.
+        let cfg = NodeConfig::from_yaml_str(
+            "nodeName: node-a\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
+             serviceCIDRs: [10.96.0.0/16, 'fd00:96::/108']\n",
+            "test",
+        )
+        .unwrap();
+        let d = translate(
+            &state(&[
+                svc(
+                    "ns",
+                    "a",
+                    "{clusterIPs: [10.96.0.1, 'fd00:96::1'], ports: [{port: 80}]}",
+                ),
+                svc("ns", "headless", "{clusterIP: None, ports: [{port: 80}]}"),
+                String::from(
+                    "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: ns, \
+                     labels: {service.kubernetes.io/service-proxy-name: x}}\n\
+                     spec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}\n",
+                ),
+            ]),
+            &cfg,
+        );
+        assert_eq!(
+            d.cluster_ips.iter().copied().collect::<Vec<_>>(),
+            vec![ip("10.96.0.1"), ip("fd00:96::1")]
+        );
+        assert_eq!(
+            d.service_cidrs,
+            vec![
+                "10.96.0.0/16".parse().unwrap(),
+                "fd00:96::/108".parse().unwrap()
+            ]
+        );
+        // Without serviceCIDRs only the ClusterIPs are known.
+        assert!(translate(&state(&[]), &config()).service_cidrs.is_empty());
+    }
+
+    #[test]
     fn usability_categories() {
         let c = |ready, serving, terminating| EndpointConditions {
             ready,
@@ -742,6 +948,260 @@ mod tests {
             backends_of(&d, fe("10.96.0.1", 80, Tcp)),
             vec![be("10.244.0.1", 8080, Tcp)]
         );
+    }
+
+    /// A Service with a `status` (LoadBalancer ingress).
+    fn svc_status(ns: &str, name: &str, spec: &str, status: &str) -> String {
+        format!("{}status: {status}\n", svc(ns, name, spec))
+    }
+
+    fn two_node_ips() -> NodeConfig {
+        NodeConfig::from_yaml_str(
+            "nodeName: node-a\nnodeIPs: [192.0.2.1, 198.51.100.1, '2001:db8::1']\n\
+             clusterCIDRs: [10.244.0.0/16]\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    /// Endpoints 10.244.0.1 on node-a (this node) and 10.244.0.2 on node-b.
+    fn local_and_remote(service: &str) -> String {
+        slice(
+            "ns",
+            &format!("{service}-1"),
+            service,
+            "IPv4",
+            "[{port: 9376}]",
+            "[{addresses: [10.244.0.1], nodeName: node-a}, {addresses: [10.244.0.2], nodeName: node-b}]",
+        )
+    }
+
+    #[test]
+    fn node_port_is_served_on_every_node_ip_of_its_family() {
+        // The documentation's NodePort example: port 80, targetPort 80, nodePort 30007.
+        let spec = "{type: NodePort, clusterIP: 10.96.0.7, ports: [{port: 80, targetPort: 80, nodePort: 30007}]}";
+        let d = translate(
+            &state(&[
+                svc("ns", "my-service", spec),
+                local_and_remote("my-service"),
+            ]),
+            &two_node_ips(),
+        );
+        let all = vec![be("10.244.0.1", 9376, Tcp), be("10.244.0.2", 9376, Tcp)];
+        assert_eq!(backends_of(&d, fe("10.96.0.7", 80, Tcp)), all);
+        assert_eq!(backends_of(&d, fe("192.0.2.1", 30007, Tcp)), all);
+        assert_eq!(backends_of(&d, fe("198.51.100.1", 30007, Tcp)), all);
+        // An IPv4 service is not served on the IPv6 node address, nor on the node IPs at 80.
+        assert!(!d.frontends.contains_key(&fe("2001:db8::1", 30007, Tcp)));
+        assert!(!d.frontends.contains_key(&fe("192.0.2.1", 80, Tcp)));
+        // externalTrafficPolicy defaults to Cluster: no external-scope entry.
+        assert!(d.external.is_empty());
+
+        // nodePortAddresses limits the addresses.
+        let cfg = NodeConfig::from_yaml_str(
+            "nodeName: node-a\nnodeIPs: [192.0.2.1, 198.51.100.1]\nclusterCIDRs: [10.244.0.0/16]\n\
+             nodePortAddresses: [198.51.100.0/24]\n",
+            "test",
+        )
+        .unwrap();
+        let d = translate(&state(&[svc("ns", "my-service", spec)]), &cfg);
+        assert!(d.frontends.contains_key(&fe("198.51.100.1", 30007, Tcp)));
+        assert!(!d.frontends.contains_key(&fe("192.0.2.1", 30007, Tcp)));
+    }
+
+    #[test]
+    fn load_balancer_ingress_ips_and_external_ips_are_frontends_at_the_service_port() {
+        // The documentation's examples: a LoadBalancer with ingress IP 192.0.2.127, and
+        // externalIPs 198.51.100.32 on a ClusterIP service.
+        let d = translate(
+            &state(&[
+                svc_status(
+                    "ns",
+                    "lb",
+                    "{type: LoadBalancer, clusterIP: 10.96.0.8, ports: [{port: 80, targetPort: 9376, nodePort: 30080}]}",
+                    "{loadBalancer: {ingress: [{ip: 192.0.2.127}, {hostname: lb.example.com}]}}",
+                ),
+                local_and_remote("lb"),
+                svc(
+                    "ns",
+                    "ext",
+                    "{clusterIP: 10.96.0.9, externalIPs: [198.51.100.32], ports: [{port: 80, targetPort: 49152}]}",
+                ),
+                local_and_remote("ext"),
+            ]),
+            &config(),
+        );
+        let all = vec![be("10.244.0.1", 9376, Tcp), be("10.244.0.2", 9376, Tcp)];
+        assert_eq!(backends_of(&d, fe("192.0.2.127", 80, Tcp)), all);
+        assert_eq!(backends_of(&d, fe("192.0.2.1", 30080, Tcp)), all);
+        assert_eq!(backends_of(&d, fe("198.51.100.32", 80, Tcp)), all);
+        assert_eq!(
+            d.frontends[&fe("198.51.100.32", 80, Tcp)].service.name,
+            "ext"
+        );
+        // Only ClusterIPs belong to the ClusterIP address space.
+        assert!(!d.cluster_ips.contains(&ip("192.0.2.127")));
+        // An ingress IP on a Service that is not (or no longer) type LoadBalancer is ignored.
+        let d = translate(
+            &state(&[svc_status(
+                "ns",
+                "was-lb",
+                "{clusterIP: 10.96.0.8, ports: [{port: 80}]}",
+                "{loadBalancer: {ingress: [{ip: 192.0.2.127}]}}",
+            )]),
+            &config(),
+        );
+        assert!(!d.frontends.contains_key(&fe("192.0.2.127", 80, Tcp)));
+    }
+
+    #[test]
+    fn external_traffic_policy_local_uses_local_endpoints_for_external_traffic_only() {
+        let spec = "{type: LoadBalancer, clusterIP: 10.96.0.8, externalTrafficPolicy: Local, \
+                    healthCheckNodePort: 32000, ports: [{port: 80, nodePort: 30080}]}";
+        let status = "{loadBalancer: {ingress: [{ip: 192.0.2.127}]}}";
+        let d = translate(
+            &state(&[svc_status("ns", "lb", spec, status), local_and_remote("lb")]),
+            &config(),
+        );
+        let all = vec![be("10.244.0.1", 9376, Tcp), be("10.244.0.2", 9376, Tcp)];
+        let local = ExternalEntry {
+            backends: vec![be("10.244.0.1", 9376, Tcp)],
+            drop_when_empty: false,
+        };
+        for f in [fe("192.0.2.127", 80, Tcp), fe("192.0.2.1", 30080, Tcp)] {
+            // From outside: this node's endpoints; from pods: every endpoint (short-circuit).
+            assert_eq!(d.external[&f], local);
+            assert_eq!(backends_of(&d, f), all);
+        }
+        // The ClusterIP is not external.
+        assert!(!d.external.contains_key(&fe("10.96.0.8", 80, Tcp)));
+        assert_eq!(backends_of(&d, fe("10.96.0.8", 80, Tcp)), all);
+        assert_eq!(
+            d.health_checks[&32000],
+            HealthCheck {
+                namespace: "ns".into(),
+                name: "lb".into(),
+                local_endpoints: 1
+            }
+        );
+
+        // Only a remote endpoint: external traffic is dropped (not rejected), the health
+        // check reports 0 local endpoints.
+        let remote_only = slice(
+            "ns",
+            "lb-1",
+            "lb",
+            "IPv4",
+            "[{port: 9376}]",
+            "[{addresses: [10.244.0.2], nodeName: node-b}]",
+        );
+        let d = translate(
+            &state(&[svc_status("ns", "lb", spec, status), remote_only]),
+            &config(),
+        );
+        let f = fe("192.0.2.127", 80, Tcp);
+        assert_eq!(
+            d.external[&f],
+            ExternalEntry {
+                backends: vec![],
+                drop_when_empty: true
+            }
+        );
+        assert_eq!(d.health_checks[&32000].local_endpoints, 0);
+        // No endpoint at all: rejected.
+        let d = translate(&state(&[svc_status("ns", "lb", spec, status)]), &config());
+        assert!(!d.external[&f].drop_when_empty);
+        assert!(!d.drop_when_empty.contains(&f));
+    }
+
+    #[test]
+    fn health_check_counts_distinct_ready_local_endpoints() {
+        let spec = "{type: LoadBalancer, clusterIP: 10.96.0.8, externalTrafficPolicy: Local, \
+                    healthCheckNodePort: 32000, ports: [{name: a, port: 80}, {name: b, port: 443}]}";
+        let d = translate(
+            &state(&[
+                svc("ns", "lb", spec),
+                slice(
+                    "ns",
+                    "lb-1",
+                    "lb",
+                    "IPv4",
+                    "[{name: a, port: 8080}, {name: b, port: 8443}]",
+                    "[{addresses: [10.244.0.1], nodeName: node-a}, \
+                      {addresses: [10.244.0.3], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}, \
+                      {addresses: [10.244.0.2], nodeName: node-b}]",
+                ),
+            ]),
+            &config(),
+        );
+        // One pod on two ports counts once; terminating and remote ones do not count.
+        assert_eq!(d.health_checks[&32000].local_endpoints, 1);
+        // eTP Cluster: no health check.
+        let d = translate(
+            &state(&[svc(
+                "ns",
+                "lb",
+                "{type: LoadBalancer, clusterIP: 10.96.0.8, healthCheckNodePort: 32000, ports: [{port: 80}]}",
+            )]),
+            &config(),
+        );
+        assert!(d.health_checks.is_empty());
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_apply_to_the_load_balancer_ips_only() {
+        let d = translate(
+            &state(&[svc_status(
+                "ns",
+                "lb",
+                "{type: LoadBalancer, clusterIP: 10.96.0.8, externalIPs: [198.51.100.32], \
+                  loadBalancerSourceRanges: [203.0.113.0/24, '2001:db8:1::/48'], \
+                  ports: [{port: 80, nodePort: 30080}]}",
+                "{loadBalancer: {ingress: [{ip: 192.0.2.127}]}}",
+            )]),
+            &config(),
+        );
+        assert_eq!(
+            d.source_ranges.keys().copied().collect::<Vec<_>>(),
+            vec![fe("192.0.2.127", 80, Tcp)],
+            "not the NodePort, the externalIP or the ClusterIP"
+        );
+        assert_eq!(
+            d.source_ranges[&fe("192.0.2.127", 80, Tcp)],
+            vec!["203.0.113.0/24".parse::<IpNet>().unwrap()],
+            "ranges of the frontend's family"
+        );
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_without_local_endpoints_drops() {
+        let d = translate(
+            &state(&[
+                svc(
+                    "ns",
+                    "s",
+                    "{clusterIP: 10.96.0.1, internalTrafficPolicy: Local, ports: [{port: 80}]}",
+                ),
+                slice(
+                    "ns",
+                    "s-1",
+                    "s",
+                    "IPv4",
+                    "[{port: 8080}]",
+                    "[{addresses: [10.244.0.2], nodeName: node-b}]",
+                ),
+                svc(
+                    "ns",
+                    "t",
+                    "{clusterIP: 10.96.0.2, internalTrafficPolicy: Local, ports: [{port: 80}]}",
+                ),
+            ]),
+            &config(),
+        );
+        assert!(backends_of(&d, fe("10.96.0.1", 80, Tcp)).is_empty());
+        assert!(d.drop_when_empty.contains(&fe("10.96.0.1", 80, Tcp)));
+        // No endpoint anywhere: rejected, as kube-proxy does.
+        assert!(!d.drop_when_empty.contains(&fe("10.96.0.2", 80, Tcp)));
     }
 
     #[test]

@@ -17,9 +17,10 @@ use skiff::desired::{
 use skiff::packet::{self, FlowSpec, L4Proto, ParsedFrame, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Verified instruction counts when last recorded (session affinity took TC from 12,739 to
-/// 15,330 and XDP from 39,251 to 44,479). A change beyond the tolerance fails the
+/// 15,330 and XDP from 39,251 to 44,479; REJECT replies and the service address space to
+/// 24,991 and 54,425; external scope and source ranges to 27,552 and 58,555). A change beyond the tolerance fails the
 /// test so that growth (or a surprising shrink) is seen and the numbers updated on purpose.
-const RECORDED_INSNS: [(&str, u32); 2] = [("skiff_tc_pod", 15_330), ("skiff_xdp_ext", 44_479)];
+const RECORDED_INSNS: [(&str, u32); 2] = [("skiff_tc_pod", 27_552), ("skiff_xdp_ext", 58_555)];
 const INSNS_TOLERANCE_PCT: u32 = 15;
 
 fn ip(s: &str) -> IpAddr {
@@ -277,22 +278,188 @@ fn new_connections_spread_over_every_backend() {
     );
 }
 
+fn be32(frame: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(frame[at..at + 4].try_into().unwrap())
+}
+
+/// A packet to a service port without endpoints comes back as the reply kube-proxy's
+/// REJECT gives: to the sender's MAC and address, from the address and port it tried.
+fn assert_reply_to(out: &RunOutcome, p: &ParsedFrame, s: &FlowSpec, want: Reason) {
+    assert!(out.sent_back, "sent back out, got ret {}", out.ret);
+    assert!(!out.dropped);
+    assert_eq!(out.reason, Some(want));
+    assert_eq!(
+        (p.dst_mac, p.src_mac),
+        (packet::SRC_MAC, packet::DST_MAC),
+        "MACs swapped"
+    );
+    assert_eq!((p.src, p.dst), (s.dst, s.src), "addresses swapped");
+    assert_checksums(p);
+}
+
 #[test]
-fn service_without_endpoints_drops_and_counts() {
-    let d = desired(vec![(frontend("10.96.0.10", 80, Protocol::Tcp), vec![])]);
+fn tcp_to_a_service_without_endpoints_gets_a_reset_per_rfc_793() {
+    let d = desired(vec![
+        (frontend("10.96.0.10", 80, Protocol::Tcp), vec![]),
+        (frontend("fd00:96::10", 80, Protocol::Tcp), vec![]),
+    ]);
     let (mut dp, _w) = loaded(&d);
-    let frame = packet::build_frame(&spec(
-        Protocol::Tcp,
-        "10.244.1.5",
-        40_000,
-        "10.96.0.10",
-        80,
-        TCP_SYN,
-    ))
-    .unwrap();
-    let out = testrun::run(&mut dp, Hook::TcPod, &frame).unwrap();
-    assert!(out.dropped);
-    assert_eq!(out.reason, Some(Reason::DropNoEndpoints));
+    for hook in [Hook::TcPod, Hook::XdpExt] {
+        for (client, vip) in [
+            ("10.244.1.5", "10.96.0.10"),
+            ("fd00:244:1::5", "fd00:96::10"),
+        ] {
+            // A SYN (no ACK): <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>, the SYN counting one.
+            let mut syn = spec(Protocol::Tcp, client, 40_000, vip, 80, TCP_SYN);
+            syn.payload.clear();
+            let (out, p) = run(&mut dp, hook, &syn);
+            assert_reply_to(&out, &p, &syn, Reason::RejectNoEndpoints);
+            assert_eq!((p.proto, p.sport, p.dport), (L4Proto::Tcp, 80, 40_000));
+            assert_eq!(p.tcp_flags, TCP_RST | TCP_ACK, "{hook:?} {client}");
+            assert_eq!(p.payload_len, 0);
+            let l4 = p.l4_offset;
+            assert_eq!(be32(&out.frame, l4 + 4), 0, "seq");
+            let isn = be32(&packet::build_frame(&syn).unwrap(), l4 + 4);
+            assert_eq!(
+                be32(&out.frame, l4 + 8),
+                isn.wrapping_add(1),
+                "ack = ISN + 1"
+            );
+            assert_eq!(out.frame.len(), l4 + 20, "nothing after the RST");
+
+            // Data with FIN and no ACK: acknowledges the data and the FIN.
+            let fin = spec(Protocol::Tcp, client, 40_001, vip, 80, TCP_FIN);
+            let (out, p) = run(&mut dp, hook, &fin);
+            assert_reply_to(&out, &p, &fin, Reason::RejectNoEndpoints);
+            let seq = be32(&packet::build_frame(&fin).unwrap(), l4 + 4);
+            let want = seq.wrapping_add(fin.payload.len() as u32 + 1);
+            assert_eq!(be32(&out.frame, l4 + 8), want);
+
+            // A segment with ACK: <SEQ=SEG.ACK><CTL=RST>.
+            let ack = spec(Protocol::Tcp, client, 40_002, vip, 80, TCP_ACK);
+            let (out, p) = run(&mut dp, hook, &ack);
+            assert_reply_to(&out, &p, &ack, Reason::RejectNoEndpoints);
+            assert_eq!(p.tcp_flags, TCP_RST);
+            let their_ack = be32(&packet::build_frame(&ack).unwrap(), l4 + 8);
+            assert_eq!(be32(&out.frame, l4 + 4), their_ack);
+            assert_eq!(be32(&out.frame, l4 + 8), 0);
+
+            // Never a reset for a reset: dropped and counted.
+            let rst = spec(Protocol::Tcp, client, 40_003, vip, 80, TCP_RST);
+            let frame = packet::build_frame(&rst).unwrap();
+            let out = testrun::run(&mut dp, hook, &frame).unwrap();
+            assert!(out.dropped && !out.sent_back);
+            assert_eq!(out.reason, Some(Reason::DropNoEndpoints));
+        }
+    }
+}
+
+#[test]
+fn udp_and_sctp_to_a_service_without_endpoints_get_port_unreachable() {
+    let mut entries = Vec::new();
+    for proto in [Protocol::Udp, Protocol::Sctp] {
+        entries.push((frontend("10.96.0.10", 53, proto), vec![]));
+        entries.push((frontend("fd00:96::10", 53, proto), vec![]));
+    }
+    let (mut dp, _w) = loaded(&desired(entries));
+    for hook in [Hook::TcPod, Hook::XdpExt] {
+        for proto in [Protocol::Udp, Protocol::Sctp] {
+            for (client, vip) in [
+                ("10.244.1.5", "10.96.0.10"),
+                ("fd00:244:1::5", "fd00:96::10"),
+            ] {
+                // Payload sizes around the reply's: the packet grows and shrinks.
+                for payload in [0usize, 11, 300] {
+                    let mut s = spec(proto, client, 40_000, vip, 53, 0);
+                    s.payload = vec![0x5a; payload];
+                    let (out, p) = run(&mut dp, hook, &s);
+                    assert_reply_to(&out, &p, &s, Reason::RejectNoEndpoints);
+                    let v6 = s.src.is_ipv6();
+                    let (proto_l4, ty, code) = if v6 {
+                        (L4Proto::Icmpv6, packet::ICMPV6_DEST_UNREACH, 4)
+                    } else {
+                        (L4Proto::Icmp, packet::ICMP_DEST_UNREACH, 3)
+                    };
+                    assert_eq!(p.proto, proto_l4, "{hook:?} {proto:?} {client}");
+                    assert_eq!((p.icmp_type, p.icmp_code), (Some(ty), Some(code)));
+                    // The quoted packet is the client's original, unchanged.
+                    let inner = p.inner.clone().expect("quoted original header");
+                    assert_eq!(inner.proto, l4(proto));
+                    assert_eq!((inner.src, inner.dst), (s.src, s.dst));
+                    assert_eq!((inner.sport, inner.dport), (40_000, 53));
+                    assert!(inner.ip_checksum_ok);
+                    let original = packet::build_frame(&s).unwrap();
+                    let quoted = &out.frame[p.l4_offset + 8..];
+                    let ip_len = if v6 { 40 } else { 20 };
+                    assert_eq!(
+                        quoted,
+                        &original[14..14 + ip_len + 8],
+                        "IP header + 8 bytes"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn clusterip_undefined_ports_are_rejected_and_unallocated_addresses_dropped() {
+    let mut d = desired(vec![
+        (
+            frontend("10.96.0.10", 80, Protocol::Tcp),
+            backends(&["10.244.1.11"], 8080, Protocol::Tcp),
+        ),
+        (
+            frontend("fd00:96::10", 80, Protocol::Tcp),
+            backends(&["fd00:244:1::11"], 8080, Protocol::Tcp),
+        ),
+    ]);
+    d.cluster_ips = [ip("10.96.0.10"), ip("fd00:96::10")].into_iter().collect();
+    d.service_cidrs = vec![
+        "10.96.0.0/16".parse().unwrap(),
+        "fd00:96::/108".parse().unwrap(),
+    ];
+    let (mut dp, _w) = loaded(&d);
+    for (n, hook) in [Hook::TcPod, Hook::XdpExt].into_iter().enumerate() {
+        for (client, vip, unallocated, outside) in [
+            ("10.244.1.5", "10.96.0.10", "10.96.0.11", "10.97.0.10"),
+            ("fd00:244:1::5", "fd00:96::10", "fd00:96::11", "fd00:97::10"),
+        ] {
+            // The defined port still works.
+            let s = spec(Protocol::Tcp, client, 1 + n as u16, vip, 80, TCP_SYN);
+            let (out, _) = run(&mut dp, hook, &s);
+            assert_eq!(out.reason, Some(Reason::NatNew));
+            // Another port, another protocol: rejected (kube-proxy's cluster-ips-check).
+            let s = spec(Protocol::Tcp, client, 40_000, vip, 81, TCP_SYN);
+            let (out, p) = run(&mut dp, hook, &s);
+            assert_reply_to(&out, &p, &s, Reason::RejectUndefinedPort);
+            assert_eq!(p.tcp_flags, TCP_RST | TCP_ACK);
+            let s = spec(Protocol::Udp, client, 40_000, vip, 80, 0);
+            let (out, p) = run(&mut dp, hook, &s);
+            assert_reply_to(&out, &p, &s, Reason::RejectUndefinedPort);
+            assert!(p.proto.is_icmp());
+            // An address of the service range no Service holds: dropped.
+            let frame = packet::build_frame(&spec(
+                Protocol::Tcp,
+                client,
+                40_000,
+                unallocated,
+                80,
+                TCP_SYN,
+            ))
+            .unwrap();
+            let out = testrun::run(&mut dp, hook, &frame).unwrap();
+            assert!(out.dropped, "{hook:?} {unallocated}");
+            assert_eq!(out.reason, Some(Reason::DropUnallocatedServiceIp));
+            // Outside the service ranges: untouched.
+            let frame =
+                packet::build_frame(&spec(Protocol::Tcp, client, 40_000, outside, 80, TCP_SYN))
+                    .unwrap();
+            let out = testrun::run(&mut dp, hook, &frame).unwrap();
+            assert_eq!(out.reason, Some(Reason::PassNoService));
+            assert_eq!(out.frame, frame);
+        }
+    }
 }
 
 #[test]
@@ -635,4 +802,357 @@ fn ten_thousand_services_with_ten_endpoints_fit_the_maps() {
     );
     assert_eq!(out.reason, Some(Reason::NatNew));
     assert_eq!(p.dport, 8080);
+}
+
+#[test]
+fn trace_answers_reject_at_both_hooks() {
+    use skiff::config::NodeConfig;
+    use skiff::trace::{FlowInput, Tracer};
+    let config = NodeConfig::from_yaml_str(
+        "nodeName: n\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
+         serviceCIDRs: [10.96.0.0/16]\n",
+        "test",
+    )
+    .unwrap();
+    let mut d = desired(vec![
+        (frontend("10.96.0.10", 80, Protocol::Tcp), vec![]),
+        (frontend("10.96.0.10", 53, Protocol::Udp), vec![]),
+    ]);
+    d.cluster_ips.insert(ip("10.96.0.10"));
+    d.service_cidrs = config.service_cidrs.clone().unwrap();
+    let mut t = Tracer::new(config, d).expect("loading the programs (needs root)");
+    let flow = |proto: &str, src: &str, dst: &str, dport: u16| FlowInput {
+        proto: proto.into(),
+        src: ip(src),
+        sport: 40_000,
+        dst: ip(dst),
+        dport,
+    };
+    for src in ["10.244.1.5", "198.51.100.7"] {
+        for (proto, dport, code) in [
+            ("tcp", 80, "reject_no_endpoints"),
+            ("udp", 53, "reject_no_endpoints"),
+            ("tcp", 81, "reject_undefined_port"),
+        ] {
+            let r = t.trace(&flow(proto, src, "10.96.0.10", dport)).unwrap();
+            assert_eq!(
+                (r.verdict, r.code),
+                ("reject", Some(code)),
+                "{src} {proto} {dport}"
+            );
+            assert_eq!(r.dnat, None);
+        }
+        let r = t.trace(&flow("tcp", src, "10.96.0.11", 80)).unwrap();
+        assert_eq!(
+            (r.verdict, r.code),
+            ("drop", Some("unallocated_service_ip"))
+        );
+    }
+}
+
+/// 100 new connections from `client` (a fresh source port each) at `hook`: the backends
+/// chosen, or the one reason every packet got when none was translated.
+fn destinations(
+    dp: &mut Datapath,
+    hook: Hook,
+    client: &str,
+    vip: &str,
+    port: u16,
+) -> Result<BTreeSet<IpAddr>, Reason> {
+    dp.maps.clear_flow_state().unwrap();
+    let mut seen = BTreeSet::new();
+    for sport in 20_000..20_100 {
+        let s = spec(Protocol::Tcp, client, sport, vip, port, TCP_SYN);
+        let (out, p) = run(dp, hook, &s);
+        match out.reason {
+            Some(Reason::NatNew) => {
+                assert_checksums(&p);
+                seen.insert(p.dst);
+            }
+            Some(r) => return Err(r),
+            None => panic!("no counter moved"),
+        }
+    }
+    Ok(seen)
+}
+
+#[test]
+fn external_scope_is_looked_up_first_at_xdp_only() {
+    use skiff::desired::ExternalEntry;
+    // A NodePort (IPv4 and IPv6) with externalTrafficPolicy Local: endpoints .11 (this node)
+    // and .12 (another node).
+    let mut entries = Vec::new();
+    let mut d = DesiredState::default();
+    for (node_ip, local, remote) in [
+        ("192.0.2.1", "10.244.1.11", "10.244.2.12"),
+        ("2001:db8::1", "fd00:244:1::11", "fd00:244:2::12"),
+    ] {
+        let fe = frontend(node_ip, 30_080, Protocol::Tcp);
+        entries.push((fe, backends(&[local, remote], 8080, Protocol::Tcp)));
+        d.external.insert(
+            fe,
+            ExternalEntry {
+                backends: backends(&[local], 8080, Protocol::Tcp),
+                drop_when_empty: false,
+            },
+        );
+    }
+    let mut full = desired(entries);
+    full.external = d.external.clone();
+    let (mut dp, mut w) = loaded(&full);
+    for (client, pod, node_ip, local, remote) in [
+        (
+            "198.51.100.7",
+            "10.244.1.5",
+            "192.0.2.1",
+            "10.244.1.11",
+            "10.244.2.12",
+        ),
+        (
+            "2001:db8:7::7",
+            "fd00:244:1::5",
+            "2001:db8::1",
+            "fd00:244:1::11",
+            "fd00:244:2::12",
+        ),
+    ] {
+        // From outside: only the local endpoint.
+        let got = destinations(&mut dp, Hook::XdpExt, client, node_ip, 30_080).unwrap();
+        assert_eq!(got, [ip(local)].into_iter().collect());
+        // From a pod: every endpoint (kube-proxy's short-circuit).
+        let got = destinations(&mut dp, Hook::TcPod, pod, node_ip, 30_080).unwrap();
+        assert_eq!(got, [ip(local), ip(remote)].into_iter().collect());
+    }
+    // The local endpoint goes away while the remote one stays: external traffic is dropped,
+    // pods still reach the remote endpoint.
+    for entry in full.external.values_mut() {
+        entry.backends.clear();
+        entry.drop_when_empty = true;
+    }
+    w.sync(&mut dp.maps, &full).unwrap();
+    assert_eq!(
+        destinations(&mut dp, Hook::XdpExt, "198.51.100.7", "192.0.2.1", 30_080),
+        Err(Reason::DropNoLocalEndpoints)
+    );
+    assert!(destinations(&mut dp, Hook::TcPod, "10.244.1.5", "192.0.2.1", 30_080).is_ok());
+    // Without the external entry (eTP Cluster), outside traffic uses the internal one.
+    full.external.clear();
+    w.sync(&mut dp.maps, &full).unwrap();
+    let got = destinations(&mut dp, Hook::XdpExt, "198.51.100.7", "192.0.2.1", 30_080).unwrap();
+    assert_eq!(got.len(), 2);
+}
+
+#[test]
+fn load_balancer_source_ranges_drop_other_sources_at_both_hooks() {
+    let lb = frontend("192.0.2.127", 80, Protocol::Tcp);
+    let lb6 = frontend("2001:db8:127::1", 80, Protocol::Tcp);
+    let mut d = desired(vec![
+        (lb, backends(&["10.244.1.11"], 8080, Protocol::Tcp)),
+        (lb6, backends(&["fd00:244:1::11"], 8080, Protocol::Tcp)),
+        (
+            frontend("192.0.2.128", 80, Protocol::Tcp),
+            backends(&["10.244.1.11"], 8080, Protocol::Tcp),
+        ),
+    ]);
+    d.source_ranges.insert(
+        lb,
+        vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "10.244.1.5/32".parse().unwrap(),
+        ],
+    );
+    d.source_ranges
+        .insert(lb6, vec!["2001:db8:203::/48".parse().unwrap()]);
+    let (mut dp, mut w) = loaded(&d);
+    let check = |dp: &mut Datapath, hook, client: &str, vip: &str, want: Reason| {
+        let (out, _) = run(
+            dp,
+            hook,
+            &spec(Protocol::Tcp, client, 40_000, vip, 80, TCP_SYN),
+        );
+        assert_eq!(out.reason, Some(want), "{hook:?} {client} -> {vip}");
+        let _ = dp.maps.clear_flow_state();
+    };
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "203.0.113.9",
+        "192.0.2.127",
+        Reason::NatNew,
+    );
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "198.51.100.7",
+        "192.0.2.127",
+        Reason::DropSourceRange,
+    );
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "2001:db8:203::9",
+        "2001:db8:127::1",
+        Reason::NatNew,
+    );
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "2001:db8:7::7",
+        "2001:db8:127::1",
+        Reason::DropSourceRange,
+    );
+    // Pods are sources like any other (kube-proxy filters in prerouting).
+    check(
+        &mut dp,
+        Hook::TcPod,
+        "10.244.1.5",
+        "192.0.2.127",
+        Reason::NatNew,
+    );
+    check(
+        &mut dp,
+        Hook::TcPod,
+        "10.244.1.6",
+        "192.0.2.127",
+        Reason::DropSourceRange,
+    );
+    // A frontend without ranges takes everyone.
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "198.51.100.7",
+        "192.0.2.128",
+        Reason::NatNew,
+    );
+    // Ranges change: the new one applies, the old one no longer does.
+    d.source_ranges
+        .insert(lb, vec!["198.51.100.0/24".parse().unwrap()]);
+    w.sync(&mut dp.maps, &d).unwrap();
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "198.51.100.7",
+        "192.0.2.127",
+        Reason::NatNew,
+    );
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "203.0.113.9",
+        "192.0.2.127",
+        Reason::DropSourceRange,
+    );
+    // Ranges removed: open to all.
+    d.source_ranges.clear();
+    w.sync(&mut dp.maps, &d).unwrap();
+    check(
+        &mut dp,
+        Hook::XdpExt,
+        "203.0.113.9",
+        "192.0.2.127",
+        Reason::NatNew,
+    );
+    assert!(dp.maps.read_source_ranges().unwrap().is_empty());
+}
+
+#[test]
+fn local_policy_without_local_endpoints_drops_instead_of_rejecting() {
+    let fe = frontend("10.96.0.10", 80, Protocol::Tcp);
+    let mut d = desired(vec![(fe, vec![])]);
+    d.drop_when_empty.insert(fe);
+    let (mut dp, _w) = loaded(&d);
+    for hook in [Hook::TcPod, Hook::XdpExt] {
+        let frame = packet::build_frame(&spec(
+            Protocol::Tcp,
+            "10.244.1.5",
+            40_000,
+            "10.96.0.10",
+            80,
+            TCP_SYN,
+        ))
+        .unwrap();
+        let out = testrun::run(&mut dp, hook, &frame).unwrap();
+        assert!(out.dropped && !out.sent_back);
+        assert_eq!(out.reason, Some(Reason::DropNoLocalEndpoints));
+    }
+}
+
+#[test]
+fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
+    use skiff::config::NodeConfig;
+    use skiff::trace::{FlowInput, Origin, Tracer};
+    let dir = std::env::temp_dir().join(format!("skiff-trace-ext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let slice = |name: &str, eps: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, \
+             namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\n\
+             ports: [{{port: 8080}}]\nendpoints: {eps}\n"
+        )
+    };
+    let lb = |name: &str, cluster_ip: &str, lb_ip: &str, node_port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\n\
+             spec: {{type: LoadBalancer, clusterIP: {cluster_ip}, externalTrafficPolicy: Local, \
+             healthCheckNodePort: 32000, externalIPs: [198.51.100.32], \
+             loadBalancerSourceRanges: [203.0.113.0/24, 10.244.0.0/16], \
+             ports: [{{port: 80, targetPort: 8080, nodePort: {node_port}}}]}}\n\
+             status: {{loadBalancer: {{ingress: [{{ip: {lb_ip}}}]}}}}\n"
+        )
+    };
+    let docs = [
+        lb("web", "10.96.0.10", "192.0.2.127", 30080),
+        slice(
+            "web",
+            "[{addresses: [10.244.1.11], nodeName: node-a}, {addresses: [10.244.2.12], nodeName: node-b}]",
+        ),
+        lb("far", "10.96.0.11", "192.0.2.128", 30081).replace("198.51.100.32", "198.51.100.33"),
+        slice("far", "[{addresses: [10.244.2.13], nodeName: node-b}]"),
+    ];
+    std::fs::write(dir.join("svc.yaml"), docs.join("---\n")).unwrap();
+    let config = NodeConfig::from_yaml_str(
+        "nodeName: node-a\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n",
+        "test",
+    )
+    .unwrap();
+    let state = skiff::manifests::load_strict(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let desired = skiff::translate::translate(&state, &config);
+    let mut t = Tracer::new(config, desired).expect("loading the programs (needs root)");
+    let mut trace = |src: &str, dst: &str, dport: u16| {
+        t.trace(&FlowInput {
+            proto: "tcp".into(),
+            src: ip(src),
+            sport: 40_000,
+            dst: ip(dst),
+            dport,
+        })
+        .unwrap()
+    };
+    // From outside, eTP=Local: the local endpoint, client address kept, at the XDP hook.
+    for (dst, dport) in [
+        ("192.0.2.127", 80),
+        ("192.0.2.1", 30080),
+        ("198.51.100.32", 80),
+    ] {
+        let r = trace("203.0.113.9", dst, dport);
+        assert_eq!(r.verdict, "dnat", "{dst}:{dport} {r:?}");
+        assert_eq!(r.dnat.as_deref(), Some("10.244.1.11:8080"));
+        assert_eq!((r.snat, r.origin), (None, Origin::External));
+        assert_eq!(r.hook, Some("xdp(external interface)"));
+        assert_eq!(r.service.as_deref(), Some("ns/web"));
+    }
+    // loadBalancerSourceRanges: the LB IP refuses other sources; the NodePort does not.
+    let r = trace("198.51.100.7", "192.0.2.127", 80);
+    assert_eq!((r.verdict, r.code), ("drop", Some("source_range")));
+    assert_eq!(trace("198.51.100.7", "192.0.2.1", 30080).verdict, "dnat");
+    // No local endpoint: external traffic dropped, pods still reach the remote endpoint.
+    let r = trace("203.0.113.9", "192.0.2.1", 30081);
+    assert_eq!((r.verdict, r.code), ("drop", Some("no_local_endpoints")));
+    let r = trace("10.244.1.5", "192.0.2.1", 30081);
+    assert_eq!(r.verdict, "dnat");
+    assert_eq!(r.dnat.as_deref(), Some("10.244.2.13:8080"));
+    assert_eq!(r.hook, Some("tc-ingress(pod veth)"));
+    let r = trace("10.244.1.5", "198.51.100.33", 80);
+    assert_eq!(r.dnat.as_deref(), Some("10.244.2.13:8080"));
 }

@@ -40,7 +40,8 @@ pub struct ServiceKey {
     pub slot: u16,
     /// IP protocol (PROTO_TCP, PROTO_UDP, PROTO_SCTP).
     pub proto: u8,
-    /// Reserved for traffic-policy scopes (internal/external); always 0 for now.
+    /// `SCOPE_INTERNAL` (every hook) or `SCOPE_EXTERNAL` (traffic from outside the node,
+    /// looked up first at the XDP hook: externalTrafficPolicy Local).
     pub scope: u8,
     pub _pad: [u8; 2],
 }
@@ -50,7 +51,8 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
-    /// Backend id (slots >= 1); 0 on the master entry.
+    /// Backend id (slots >= 1). On the master entry: the id of its source ranges in
+    /// `SK_LBSRC_V1` when `SVC_F_SOURCE_RANGES` is set, else 0.
     pub backend_id: u32,
     /// Number of backend slots (master entry only). 0 = service without usable endpoints.
     pub count: u16,
@@ -152,6 +154,32 @@ pub struct Scratch {
 pub const SVC_F_NONE: u16 = 0;
 /// `sessionAffinity: ClientIP`: a client's new connections go to its last backend.
 pub const SVC_F_AFFINITY: u16 = 1 << 0;
+/// With no backends, drop instead of rejecting (a Local traffic policy without local
+/// endpoints while the Service has endpoints elsewhere).
+pub const SVC_F_DROP_EMPTY: u16 = 1 << 1;
+/// New connections must come from one of the frontend's `loadBalancerSourceRanges`
+/// (`SK_LBSRC_V1` under the id in `backend_id`).
+pub const SVC_F_SOURCE_RANGES: u16 = 1 << 2;
+
+/// Frontend scopes (`ServiceKey::scope`).
+pub const SCOPE_INTERNAL: u8 = 0;
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// LPM key data of `SK_LBSRC_V1`: a source-range set id (big endian, always matched in
+/// full: prefix length = 32 + the range's bits) and the 16-byte address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    pub id_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 20);
+
+/// `SK_SVCNET_V1` values: the address is some Service's ClusterIP (a port it does not define
+/// is rejected) ...
+pub const SVCNET_CLUSTER_IP: u32 = 1;
+/// ... or lies in `serviceCIDRs` without being allocated (dropped).
+pub const SVCNET_RANGE: u32 = 2;
 
 /// Backend flags.
 pub const BE_F_NONE: u8 = 0;
@@ -201,4 +229,5 @@ mod pod {
     unsafe impl aya::Pod for Scratch {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for SourceRangeKey {}
 }

@@ -15,6 +15,13 @@ pub const STATS: &str = "SK_STATS_V1";
 pub const AFFINITY: &str = "SK_AFF_V1";
 /// Per-CPU scratch space (one `Scratch`).
 pub const SCRATCH: &str = "SK_SCRATCH_V1";
+/// Service address space (LPM, 16-byte address key): every ClusterIP (`SVCNET_CLUSTER_IP`,
+/// full length) and every `serviceCIDRs` range (`SVCNET_RANGE`). Value: u32 kind.
+pub const SERVICE_NETS: &str = "SK_SVCNET_V1";
+/// `loadBalancerSourceRanges` (LPM, `SourceRangeKey`): value u32 1 = allowed.
+pub const SOURCE_RANGES: &str = "SK_LBSRC_V1";
+/// Per-CPU buffer where REJECT replies are built (kernel side only).
+pub const REPLY: &str = "SK_REPLY_V1";
 
 /// One master entry plus one slot per endpoint for each frontend: 10,000 services with 10
 /// endpoints need 110,000. Not preallocated, so unused capacity costs no memory.
@@ -22,6 +29,9 @@ pub const SERVICES_MAX: u32 = 262_144;
 pub const BACKENDS_MAX: u32 = 262_144;
 pub const CONNTRACK_MAX: u32 = 131_072;
 pub const AFFINITY_MAX: u32 = 65_536;
+/// ClusterIPs of 30,000 dual-stack services plus the service ranges.
+pub const SERVICE_NETS_MAX: u32 = 65_536;
+pub const SOURCE_RANGES_MAX: u32 = 65_536;
 /// Number of counter slots; larger than the number of `Reason`s to leave room.
 pub const STATS_MAX: u32 = 64;
 

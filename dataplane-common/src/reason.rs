@@ -27,6 +27,12 @@ pub enum Reason {
     PassPolicyAllowed = 12,
     /// Towards a pod: a packet of (or a reply to) a connection policy already allowed.
     PassPolicyTracked = 13,
+    /// A new connection to a service port without usable endpoints: answered with a TCP RST
+    /// or an ICMP port unreachable sent back to the client (kube-proxy's REJECT).
+    RejectNoEndpoints = 16,
+    /// A new connection to a ClusterIP on a port the Service does not define: rejected like
+    /// kube-proxy's nftables `cluster-ips-check`.
+    RejectUndefinedPort = 17,
     /// Truncated or malformed header.
     DropMalformed = 32,
     /// The service port exists but has no usable endpoint.
@@ -41,13 +47,25 @@ pub enum Reason {
     DropPolicyEgress = 37,
     /// No NetworkPolicy selecting the destination pod allows this ingress connection.
     DropPolicyIngress = 38,
+    /// Towards an address inside `serviceCIDRs` that no Service holds (kube-proxy drops it).
+    DropUnallocatedServiceIp = 40,
+    /// A ClusterIP port the Service does not define, where no reject reply can be built.
+    DropUndefinedPort = 41,
+    /// externalTrafficPolicy / internalTrafficPolicy Local without an endpoint on this
+    /// node, while the Service has endpoints elsewhere (kube-proxy drops).
+    DropNoLocalEndpoints = 42,
+    /// Source outside the LoadBalancer's `loadBalancerSourceRanges`.
+    DropSourceRange = 43,
 }
 
 /// First drop reason.
 pub const DROP_BASE: u32 = 32;
+/// Reject reasons: the packet was turned into a reply sent back where it came from.
+pub const REJECT_FIRST: u32 = 16;
+pub const REJECT_LAST: u32 = 23;
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 23] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -58,6 +76,8 @@ impl Reason {
         Reason::PassPolicyNone,
         Reason::PassPolicyAllowed,
         Reason::PassPolicyTracked,
+        Reason::RejectNoEndpoints,
+        Reason::RejectUndefinedPort,
         Reason::DropMalformed,
         Reason::DropNoEndpoints,
         Reason::DropCtFull,
@@ -65,6 +85,10 @@ impl Reason {
         Reason::DropNoBackend,
         Reason::DropPolicyEgress,
         Reason::DropPolicyIngress,
+        Reason::DropUnallocatedServiceIp,
+        Reason::DropUndefinedPort,
+        Reason::DropNoLocalEndpoints,
+        Reason::DropSourceRange,
     ];
 
     #[inline(always)]
@@ -74,6 +98,11 @@ impl Reason {
 
     pub const fn is_drop(self) -> bool {
         self as u32 >= DROP_BASE
+    }
+
+    /// The packet became a reply (TCP RST / ICMP unreachable) to send back to its sender.
+    pub const fn is_reject(self) -> bool {
+        self as u32 >= REJECT_FIRST && self as u32 <= REJECT_LAST
     }
 
     pub fn from_index(i: u32) -> Option<Reason> {
@@ -93,6 +122,8 @@ impl Reason {
             Reason::PassPolicyNone => "policy_not_isolated",
             Reason::PassPolicyAllowed => "policy_allowed",
             Reason::PassPolicyTracked => "policy_tracked",
+            Reason::RejectNoEndpoints => "reject_no_endpoints",
+            Reason::RejectUndefinedPort => "reject_undefined_port",
             Reason::DropMalformed => "malformed",
             Reason::DropNoEndpoints => "no_endpoints",
             Reason::DropCtFull => "conntrack_full",
@@ -100,6 +131,10 @@ impl Reason {
             Reason::DropNoBackend => "no_backend",
             Reason::DropPolicyEgress => "policy_denied_egress",
             Reason::DropPolicyIngress => "policy_denied_ingress",
+            Reason::DropUnallocatedServiceIp => "unallocated_service_ip",
+            Reason::DropUndefinedPort => "undefined_port",
+            Reason::DropNoLocalEndpoints => "no_local_endpoints",
+            Reason::DropSourceRange => "source_range",
         }
     }
 
@@ -128,8 +163,16 @@ impl Reason {
             Reason::PassPolicyTracked => {
                 "part of (or a reply to) a connection policy already allowed; delivered"
             }
+            Reason::RejectNoEndpoints => {
+                "service port has no ready endpoint: rejected (TCP RST or ICMP port unreachable sent back)"
+            }
+            Reason::RejectUndefinedPort => {
+                "ClusterIP has no such port: rejected (TCP RST or ICMP port unreachable sent back)"
+            }
             Reason::DropMalformed => "truncated or malformed header: dropped",
-            Reason::DropNoEndpoints => "service port has no ready endpoint: dropped",
+            Reason::DropNoEndpoints => {
+                "service port has no ready endpoint and no reply can be built: dropped"
+            }
             Reason::DropCtFull => "connection-tracking table refused a new entry: dropped",
             Reason::DropNatFailed => "packet rewrite failed: dropped",
             Reason::DropNoBackend => "service slot points at a missing backend: dropped",
@@ -138,6 +181,18 @@ impl Reason {
             }
             Reason::DropPolicyIngress => {
                 "no NetworkPolicy selecting the destination pod allows this ingress: dropped"
+            }
+            Reason::DropUnallocatedServiceIp => {
+                "address in serviceCIDRs that no Service holds: dropped"
+            }
+            Reason::DropUndefinedPort => {
+                "ClusterIP has no such port and no reject reply can be built: dropped"
+            }
+            Reason::DropNoLocalEndpoints => {
+                "traffic policy Local and no endpoint on this node (the service has others): dropped"
+            }
+            Reason::DropSourceRange => {
+                "source is outside the service's loadBalancerSourceRanges: dropped"
             }
         }
     }
@@ -152,8 +207,20 @@ mod tests {
     #[test]
     fn drops_are_exactly_the_drop_variants() {
         let drops: std::vec::Vec<_> = Reason::ALL.iter().filter(|r| r.is_drop()).collect();
-        assert_eq!(drops.len(), 7);
+        assert_eq!(drops.len(), 11);
         assert!(drops.iter().all(|r| format!("{r:?}").starts_with("Drop")));
+    }
+
+    #[test]
+    fn rejects_are_exactly_the_reject_variants_and_not_drops() {
+        for r in Reason::ALL {
+            assert_eq!(
+                r.is_reject(),
+                format!("{r:?}").starts_with("Reject"),
+                "{r:?}"
+            );
+            assert!(!(r.is_reject() && r.is_drop()), "{r:?}");
+        }
     }
 
     #[test]

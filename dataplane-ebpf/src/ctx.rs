@@ -4,7 +4,10 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::{bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_pull_data, bpf_skb_store_bytes},
+    helpers::{
+        bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_skb_pull_data, bpf_skb_store_bytes, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
 
@@ -34,6 +37,14 @@ pub trait Packet {
         size: u64,
         flags: u64,
     ) -> Result<(), ()>;
+    /// Write `N` bytes from `src` (map memory) at `off`, without a copy on the stack.
+    fn store_buf<const N: usize>(&self, off: usize, src: &[u8; N]) -> Result<(), ()>;
+    /// Copy `N` packet bytes at `off` into `dst` (map memory), without going through
+    /// registers or the stack.
+    fn load_buf<const N: usize>(&self, off: usize, dst: &mut [u8; N]) -> Result<(), ()>;
+    /// Make the packet exactly `len` bytes long (contents unspecified afterwards: callers
+    /// overwrite all of it). Packet pointers must be re-read after it.
+    fn resize(&self, len: usize) -> Result<(), ()>;
 }
 
 /// Bounds-checked read at `off`; the check sits right beside the access for the verifier.
@@ -123,6 +134,38 @@ impl Packet for Tc<'_> {
             Err(())
         }
     }
+
+    #[inline(always)]
+    fn store_buf<const N: usize>(&self, off: usize, src: &[u8; N]) -> Result<(), ()> {
+        self.store(off, src)
+    }
+
+    #[inline(always)]
+    fn load_buf<const N: usize>(&self, off: usize, dst: &mut [u8; N]) -> Result<(), ()> {
+        let r = unsafe {
+            bpf_skb_load_bytes(
+                self.0.skb.skb as *const _,
+                off as u32,
+                dst.as_mut_ptr() as *mut _,
+                N as u32,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn resize(&self, len: usize) -> Result<(), ()> {
+        let r = unsafe { bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
 }
 
 pub struct Xdp<'a>(pub &'a XdpContext);
@@ -197,5 +240,38 @@ impl Packet for Xdp<'_> {
         }
         unsafe { core::ptr::write_unaligned(p, new) };
         Ok(())
+    }
+
+    #[inline(always)]
+    fn store_buf<const N: usize>(&self, off: usize, src: &[u8; N]) -> Result<(), ()> {
+        let p = self.ptr_mut::<[u8; N]>(off)?;
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), p as *mut u8, N) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn load_buf<const N: usize>(&self, off: usize, dst: &mut [u8; N]) -> Result<(), ()> {
+        let p = self.ptr_mut::<[u8; N]>(off)?;
+        unsafe { core::ptr::copy_nonoverlapping(p as *const u8, dst.as_mut_ptr(), N) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn resize(&self, len: usize) -> Result<(), ()> {
+        // Grow at the head (every XDP buffer has headroom; tailroom depends on the driver),
+        // shrink at the tail.
+        let cur = self.data_end() - self.data();
+        let r = if len > cur {
+            unsafe { bpf_xdp_adjust_head(self.0.ctx, -((len - cur) as i32)) }
+        } else if len < cur {
+            unsafe { bpf_xdp_adjust_tail(self.0.ctx, -((cur - len) as i32)) }
+        } else {
+            0
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! Service lookup and backend selection.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_common::{
-    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SVC_F_AFFINITY,
+    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SourceRangeKey, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL, SVC_F_AFFINITY,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, SCRATCH, SERVICES},
+    maps::{NetKey, AFFINITY, BACKENDS, SCRATCH, SERVICES, SERVICE_NETS, SOURCE_RANGES},
     parse::Flow,
 };
 
@@ -17,15 +19,45 @@ pub fn service_key(flow: &Flow, slot: u16) -> ServiceKey {
         port_be: flow.dport_be,
         slot,
         proto: flow.proto,
-        scope: 0,
+        scope: flow.scope,
         _pad: [0; 2],
     }
 }
 
-/// The master entry of the service frontend this flow is addressed to.
+/// The master entry of the service frontend this flow is addressed to. Traffic from outside
+/// the node (`external`) first tries the external scope (externalTrafficPolicy Local);
+/// `flow.scope` records the scope found, for the slot and affinity lookups that follow.
 #[inline(always)]
-pub fn lookup_service(flow: &Flow) -> Option<ServiceValue> {
+pub fn lookup_service(flow: &mut Flow, external: bool) -> Option<ServiceValue> {
+    if external {
+        flow.scope = SCOPE_EXTERNAL;
+        if let Some(v) = unsafe { SERVICES.get(&service_key(flow, 0)) } {
+            return Some(*v);
+        }
+    }
+    flow.scope = SCOPE_INTERNAL;
     unsafe { SERVICES.get(&service_key(flow, 0)) }.copied()
+}
+
+/// Whether the flow's source is inside the frontend's source ranges (set `id`).
+#[inline(always)]
+pub fn source_allowed(flow: &Flow, id: u32) -> bool {
+    let key = Key::new(
+        32 + 128,
+        SourceRangeKey {
+            id_be: id.to_be_bytes(),
+            addr: flow.src,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
+}
+
+/// What the service address space says about the flow's destination when it matches no
+/// frontend: `SVCNET_CLUSTER_IP`, `SVCNET_RANGE` or nothing.
+#[inline(always)]
+pub fn service_net(flow: &Flow) -> Option<u32> {
+    let key = NetKey::new(128, flow.dst);
+    SERVICE_NETS.get(&key).copied()
 }
 
 /// Pick the backend of a new connection: the client's affinity backend when the service has

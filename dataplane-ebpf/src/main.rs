@@ -14,6 +14,7 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod reject;
 mod service;
 mod stats;
 mod tc_pod;

@@ -4,12 +4,21 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    maps::{AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, STATS_MAX},
+    maps::{
+        AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, SERVICE_NETS_MAX,
+        SOURCE_RANGES_MAX, STATS_MAX,
+    },
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Scratch, ServiceKey, ServiceValue,
+    SourceRangeKey,
 };
+
+use crate::reject::ReplyBuf;
+
+/// LPM key of `SERVICE_NETS`: prefix length in bits over the 16-byte address.
+pub type NetKey = Key<[u8; 16]>;
 
 /// Service frontends and their backend slots. Not preallocated: memory follows the number of
 /// services, not the map's capacity.
@@ -40,3 +49,18 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SK_AFF_V1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(AFFINITY_MAX, 0);
+
+/// ClusterIPs and `serviceCIDRs` (see `dataplane_common::maps::SERVICE_NETS`): what to do
+/// with traffic to a service address that matches no frontend.
+#[map(name = "SK_SVCNET_V1")]
+pub static SERVICE_NETS: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(SERVICE_NETS_MAX, BPF_F_NO_PREALLOC);
+
+/// `loadBalancerSourceRanges` of LoadBalancer IP frontends, by range-set id and source.
+#[map(name = "SK_LBSRC_V1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
+    LpmTrie::with_max_entries(SOURCE_RANGES_MAX, BPF_F_NO_PREALLOC);
+
+/// Where REJECT replies are built (too large for the stack at the depth they are built).
+#[map(name = "SK_REPLY_V1")]
+pub static REPLY: PerCpuArray<ReplyBuf> = PerCpuArray::with_max_entries(1, 0);

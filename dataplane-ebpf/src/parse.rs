@@ -27,6 +27,8 @@ pub struct Flow {
     pub tcp_flags: u8,
     pub l3_off: usize,
     pub l4_off: usize,
+    /// Scope of the service frontend the flow matched (`SCOPE_*`; set by the lookup).
+    pub scope: u8,
 }
 
 pub enum Parsed {
@@ -152,5 +154,6 @@ fn l4<C: Packet>(
         tcp_flags,
         l3_off,
         l4_off,
+        scope: 0,
     }))
 }

@@ -1,18 +1,35 @@
 //! The service pipeline shared by every hook: parse, follow a tracked connection or start a
 //! new one on a service frontend, and translate.
 
-use dataplane_common::{Reason, CT_F_REPLY, PROTO_TCP};
+use dataplane_common::{
+    Reason, ServiceValue, CT_F_REPLY, PROTO_TCP, SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_DROP_EMPTY,
+    SVC_F_SOURCE_RANGES,
+};
 
 use crate::{
     conntrack,
     ctx::Packet,
     lb, nat,
-    parse::{self, Parsed},
+    parse::{self, Flow, Parsed},
+    reject,
 };
 
+/// The pipeline for packets from pods (and the node): internal-scope frontends only.
 #[inline(always)]
 pub fn handle<C: Packet>(ctx: &C) -> Reason {
-    let flow = match parse::parse(ctx) {
+    handle_scoped(ctx, false)
+}
+
+/// The pipeline for packets from outside the node (XDP on an external interface):
+/// external-scope frontends first.
+#[inline(always)]
+pub fn handle_external<C: Packet>(ctx: &C) -> Reason {
+    handle_scoped(ctx, true)
+}
+
+#[inline(always)]
+fn handle_scoped<C: Packet>(ctx: &C, external: bool) -> Reason {
+    let mut flow = match parse::parse(ctx) {
         Ok(Parsed::Flow(f)) => f,
         Ok(Parsed::NotIp) => return Reason::PassNotIp,
         Ok(Parsed::Fragment) => return Reason::PassFragment,
@@ -44,19 +61,41 @@ pub fn handle<C: Packet>(ctx: &C) -> Reason {
         }
     }
 
-    let Some(svc) = lb::lookup_service(&flow) else {
-        return Reason::PassNoService;
+    // One call site for the reject reply: the verifier walks a subprogram once per call.
+    let (rejected, dropped) = match lb::lookup_service(&mut flow, external) {
+        Some(svc)
+            if svc.flags & SVC_F_SOURCE_RANGES != 0
+                && !lb::source_allowed(&flow, svc.backend_id) =>
+        {
+            return Reason::DropSourceRange
+        }
+        Some(svc) if svc.count > 0 => return new_connection(ctx, &flow, &svc, now),
+        Some(svc) if svc.flags & SVC_F_DROP_EMPTY != 0 => return Reason::DropNoLocalEndpoints,
+        Some(_) => (Reason::RejectNoEndpoints, Reason::DropNoEndpoints),
+        // Not a frontend: kube-proxy (nftables) rejects other ports of a ClusterIP and drops
+        // unallocated addresses of the service ranges.
+        None => match lb::service_net(&flow) {
+            Some(SVCNET_CLUSTER_IP) => (Reason::RejectUndefinedPort, Reason::DropUndefinedPort),
+            Some(SVCNET_RANGE) => return Reason::DropUnallocatedServiceIp,
+            _ => return Reason::PassNoService,
+        },
     };
-    if svc.count == 0 {
-        return Reason::DropNoEndpoints;
+    match reject::reply(ctx, &flow) {
+        Ok(()) => rejected,
+        Err(()) => dropped,
     }
-    let Some((id, be)) = lb::select_backend(&flow, &svc, now) else {
+}
+
+/// Balance a new connection to a frontend with backends, track it and translate it.
+#[inline(always)]
+fn new_connection<C: Packet>(ctx: &C, flow: &Flow, svc: &ServiceValue, now: u64) -> Reason {
+    let Some((id, be)) = lb::select_backend(flow, svc, now) else {
         return Reason::DropNoBackend;
     };
-    if conntrack::create(&flow, id, &be, now).is_err() {
+    if conntrack::create(flow, id, &be, now).is_err() {
         return Reason::DropCtFull;
     }
-    match nat::dnat(ctx, &flow, &be.addr, be.port_be) {
+    match nat::dnat(ctx, flow, &be.addr, be.port_be) {
         Ok(()) => Reason::NatNew,
         Err(()) => Reason::DropNatFailed,
     }

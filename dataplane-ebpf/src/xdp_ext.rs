@@ -8,9 +8,12 @@ use crate::{ctx::Xdp, service, stats};
 
 #[xdp]
 pub fn skiff_xdp_ext(ctx: XdpContext) -> u32 {
-    let reason = service::handle(&Xdp(&ctx));
+    let reason = service::handle_external(&Xdp(&ctx));
     stats::count(reason);
-    if reason.is_drop() {
+    if reason.is_reject() {
+        // The packet is now the reply (MACs swapped): back out of the interface it came in by.
+        xdp_action::XDP_TX
+    } else if reason.is_drop() {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use skiff_testbed::{
-    require_root, serial, skiff_bin, tcp_echo_server, tcp_round, tcp_server, udp_round, udp_server,
-    LongLivedClient, Pod, PrivateBpffs, Process, Server, TestBed,
+    require_root, serial, skiff_bin, tcp_connect_once, tcp_echo_server, tcp_round, tcp_server,
+    udp_round, udp_server, LongLivedClient, Pod, PrivateBpffs, Process, Server, TestBed,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -88,12 +88,10 @@ fn service(
         y += &format!(
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata:\n  name: {name}-{}\n  namespace: e2e\n  labels: {{kubernetes.io/service-name: {name}}}\n\
-             addressType: {family}\nports:\n- {{name: p, port: {target}, protocol: {proto}}}\nendpoints:\n",
-            family.to_lowercase()
+             addressType: {family}\nports:\n- {{name: p, port: {target}, protocol: {proto}}}\nendpoints:{}\n",
+            family.to_lowercase(),
+            if addr.is_empty() { " []" } else { "" }
         );
-        if addr.is_empty() {
-            y += "[]\n";
-        }
         for a in addr {
             y += &format!(
                 "- addresses: [\"{a}\"]\n  conditions: {{ready: true}}\n  nodeName: e2e-node\n"
@@ -122,6 +120,16 @@ impl Node {
     /// `n` backends (`be0`, `be1`, ...) serving TCP 8080 (replying their name), UDP 5353 and
     /// a TCP line echo on 9090, on IPv4 and IPv6.
     fn start(n: usize, initial: impl Fn(&[&Pod]) -> Vec<(String, String)>) -> Result<Node> {
+        Node::start_opts(n, false, initial)
+    }
+
+    /// With `external`, also a client outside the cluster (`ext`, 198.51.100.7 and
+    /// 2001:db8:7::7) whose node-side interface `skx0` is an XDP `externalInterfaces` entry.
+    fn start_opts(
+        n: usize,
+        external: bool,
+        initial: impl Fn(&[&Pod]) -> Vec<(String, String)>,
+    ) -> Result<Node> {
         let mut bed = TestBed::new()?;
         let client = bed.add_pod(
             "client",
@@ -156,11 +164,26 @@ impl Node {
         let config = scratch.0.join("node.yaml");
         let bpffs = PrivateBpffs::mount(scratch.0.join("bpffs"), skiff_bin())?;
         let pin_dir = bpffs.pin_dir();
+        if external {
+            bed.add_pod(
+                "ext",
+                "skx0",
+                Some("198.51.100.7".parse()?),
+                Some("2001:db8:7::7".parse()?),
+            )?;
+        }
         std::fs::write(
             &config,
-            "nodeName: e2e-node\nnodeIPs: [192.0.2.1]\n\
+            format!(
+                "nodeName: e2e-node\nnodeIPs: [192.0.2.1, \"2001:db8::1\"]\n\
              clusterCIDRs: [10.244.0.0/16, \"fd00:244::/32\"]\n\
-             serviceCIDRs: [10.96.0.0/16, \"fd00:96::/108\"]\npodInterfaces: [\"skd*\"]\n",
+             serviceCIDRs: [10.96.0.0/16, \"fd00:96::/108\"]\npodInterfaces: [\"skd*\"]\n{}",
+                if external {
+                    "externalInterfaces: [skx0]\n"
+                } else {
+                    ""
+                }
+            ),
         )?;
         let agent_args: Vec<std::ffi::OsString> = vec![
             skiff_bin().into(),
@@ -513,5 +536,328 @@ fn agent_killed_and_restarted_three_times_under_load_fails_no_connection() -> Re
         tally.errors
     );
     assert_held_intact(held);
+    Ok(())
+}
+
+/// How a connection attempt from `ns` ended, and after how long.
+fn attempt(
+    ns: &str,
+    proto: &str,
+    to: std::net::SocketAddr,
+) -> Result<(std::io::ErrorKind, Duration)> {
+    use std::io::ErrorKind;
+    let proto = proto.to_string();
+    skiff_testbed::in_netns(ns, move || {
+        let start = Instant::now();
+        let kind = if proto == "tcp" {
+            match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                Ok(_) => bail!("TCP connection to {to} succeeded"),
+                Err(e) => e.kind(),
+            }
+        } else {
+            let any: std::net::SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            let s = std::net::UdpSocket::bind(any)?;
+            s.connect(to)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.send(b"ping\n")?;
+            let mut buf = [0u8; 64];
+            match s.recv(&mut buf) {
+                Ok(_) => bail!("UDP answer from {to}"),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ErrorKind::TimedOut,
+                Err(e) => e.kind(),
+            }
+        };
+        Ok((kind, start.elapsed()))
+    })
+}
+
+#[test]
+fn service_without_endpoints_and_undefined_ports_are_refused_at_once() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let node = Node::start(1, |b| {
+        vec![
+            (
+                "web.yaml".into(),
+                service("web", VIP, Some(VIP6), 80, "TCP", 8080, b),
+            ),
+            (
+                "empty.yaml".into(),
+                service(
+                    "empty",
+                    "10.96.0.20",
+                    Some("fd00:96::20"),
+                    80,
+                    "TCP",
+                    8080,
+                    &[],
+                ),
+            ),
+            (
+                "dns.yaml".into(),
+                service(
+                    "dns",
+                    "10.96.0.53",
+                    Some("fd00:96::53"),
+                    53,
+                    "UDP",
+                    5353,
+                    &[],
+                ),
+            ),
+        ]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+    let refused = std::io::ErrorKind::ConnectionRefused;
+    for (proto, to) in [
+        // No endpoints: TCP RST / ICMP port unreachable from the datapath.
+        ("tcp", "10.96.0.20:80"),
+        ("tcp", "[fd00:96::20]:80"),
+        ("udp", "10.96.0.53:53"),
+        ("udp", "[fd00:96::53]:53"),
+        // A port the ClusterIP does not define (kube-proxy's cluster-ips-check).
+        ("tcp", "10.96.0.10:81"),
+        ("udp", "[fd00:96::10]:80"),
+    ] {
+        let (kind, took) = attempt(node.client.ns(), proto, to.parse()?)?;
+        assert_eq!(kind, refused, "{proto} to {to}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{proto} to {to} refused after {took:?}"
+        );
+    }
+    // An address of serviceCIDRs no Service holds: dropped, the client times out.
+    let (kind, _) = attempt(node.client.ns(), "tcp", "10.96.0.99:80".parse()?)?;
+    assert_eq!(kind, std::io::ErrorKind::TimedOut);
+    // The service with endpoints still answers.
+    let t = tcp_round(node.client.ns(), ip(VIP), 80, 5, TIMEOUT)?;
+    assert_eq!(t.failures, 0, "{:?}", t.errors);
+    Ok(())
+}
+
+/// One HTTP GET to `127.0.0.1:port` inside the node namespace: status code and body.
+fn http_get_in_node(node: &Node, port: u16) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    skiff_testbed::in_netns(node.bed.node(), move || {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Ok((status, body))
+    })
+}
+
+/// Wait until the health check on `port` answers `status` (the agent polls its manifests).
+fn wait_health(node: &Node, port: u16, status: u16) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match http_get_in_node(node, port) {
+            Ok((s, body)) if s == status => return Ok(body),
+            other if Instant::now() > deadline => bail!("health check on {port}: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[test]
+fn health_check_node_port_reports_local_endpoints_like_kube_proxy() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let lb = |node_name: &str, b: &[&Pod]| {
+        let ip = b[0].ipv4.unwrap();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: e2e}}\n\
+             spec: {{type: LoadBalancer, clusterIP: 10.96.0.30, externalTrafficPolicy: Local, \
+             healthCheckNodePort: 32000, ports: [{{name: p, port: 80, targetPort: 8080, nodePort: 30080}}]}}\n\
+             status: {{loadBalancer: {{ingress: [{{ip: 192.0.2.127}}]}}}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: lb-1, namespace: e2e, labels: {{kubernetes.io/service-name: lb}}}}\n\
+             addressType: IPv4\nports: [{{name: p, port: 8080, protocol: TCP}}]\n\
+             endpoints: [{{addresses: [\"{ip}\"], nodeName: {node_name}}}]\n"
+        )
+    };
+    let node = Node::start(1, |b| {
+        vec![
+            (
+                "web.yaml".into(),
+                service("web", VIP, None, 80, "TCP", 8080, b),
+            ),
+            ("lb.yaml".into(), lb("e2e-node", b)),
+        ]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+    let body = wait_health(&node, 32000, 200)?;
+    let json: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        json,
+        serde_json::json!({"service": {"namespace": "e2e", "name": "lb"},
+                           "localEndpoints": 1, "serviceProxyHealthy": true})
+    );
+    // The endpoint moves to another node: 503, zero local endpoints.
+    let refs: Vec<&Pod> = node.backends.iter().collect();
+    node.write("lb.yaml", &lb("other-node", &refs))?;
+    let body = wait_health(&node, 32000, 503)?;
+    assert!(body.contains("\"localEndpoints\":0"), "{body}");
+    // The service goes: the port closes.
+    node.remove("lb.yaml")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get_in_node(&node, 32000).is_ok() {
+        assert!(Instant::now() < deadline, "health check port still open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A TCP server in `ns` on port 7070 that answers each connection with the peer's address
+/// (what a backend sees as its client), for at most `max` connections or `life`.
+fn peer_address_server(
+    ns: &str,
+    max: usize,
+    life: Duration,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    use std::io::Write;
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let r = ready.clone();
+    let h = skiff_testbed::spawn_in_netns(ns, move || -> Result<()> {
+        let l = std::net::TcpListener::bind("[::]:7070")?;
+        l.set_nonblocking(true)?;
+        r.wait();
+        let deadline = Instant::now() + life;
+        let mut served = 0;
+        while served < max && Instant::now() < deadline {
+            match l.accept() {
+                Ok((mut c, peer)) => {
+                    let ip = match peer.ip() {
+                        IpAddr::V6(v6) => v6
+                            .to_ipv4_mapped()
+                            .map(IpAddr::V4)
+                            .unwrap_or(IpAddr::V6(v6)),
+                        v4 => v4,
+                    };
+                    let _ = writeln!(c, "{ip}");
+                    served += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    })?;
+    ready.wait();
+    Ok(h)
+}
+
+/// A veth hands frames sent back with XDP_TX to its peer only when the peer runs a native
+/// XDP program (the kernel schedules the peer's NAPI only then); a NIC transmits them itself.
+/// So the external client's `eth0` gets one: skiff's own XDP program with empty maps of its
+/// own, which passes everything the client receives. Keep the returned datapath alive.
+fn enable_xdp_tx(ns: &str) -> Result<skiff::bpf::Datapath> {
+    skiff_testbed::in_netns(ns, || {
+        let mut dp = skiff::bpf::Datapath::load()?;
+        dp.xdp_ext()
+            .attach("eth0", aya::programs::XdpMode::Driver)
+            .map_err(|e| anyhow::anyhow!("native XDP on the client's eth0: {e}"))?;
+        Ok(dp)
+    })
+}
+
+#[test]
+fn node_port_from_outside_keeps_the_client_ip_and_rejects_without_endpoints() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let np = |name: &str, node_port: u16, b: &[&Pod]| {
+        let eps: Vec<String> = b
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{addresses: [\"{}\"], nodeName: e2e-node}}",
+                    p.ipv4.unwrap()
+                )
+            })
+            .collect();
+        let eps6: Vec<String> = b
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{addresses: [\"{}\"], nodeName: e2e-node}}",
+                    p.ipv6.unwrap()
+                )
+            })
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: e2e}}\n\
+             spec: {{type: NodePort, clusterIPs: [10.96.0.{n}, \"fd00:96::{n}\"], ipFamilies: [IPv4, IPv6], \
+             externalTrafficPolicy: Local, ports: [{{name: p, port: 80, targetPort: 7070, nodePort: {node_port}}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-4, namespace: e2e, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: p, port: 7070, protocol: TCP}}]\nendpoints: [{}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-6, namespace: e2e, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv6\nports: [{{name: p, port: 7070, protocol: TCP}}]\nendpoints: [{}]\n",
+            eps.join(", "),
+            eps6.join(", "),
+            n = node_port - 30000,
+        )
+    };
+    let node = Node::start_opts(1, true, |b| {
+        vec![
+            (
+                "web.yaml".into(),
+                service("web", VIP, None, 80, "TCP", 8080, b),
+            ),
+            ("np.yaml".into(), np("np", 30080, b)),
+            ("empty.yaml".into(), np("empty", 30081, &[])),
+        ]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+    let ext = node.bed.pod("ext").unwrap().ns().to_string();
+    let _client_xdp = enable_xdp_tx(&ext)?;
+    let server = peer_address_server(node.backends[0].ns(), 4, Duration::from_secs(30))?;
+    for (to, client) in [
+        ("192.0.2.1:30080", "198.51.100.7"),
+        ("[2001:db8::1]:30080", "2001:db8:7::7"),
+    ] {
+        // The agent attaches XDP within a second of starting; retry until it answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let seen = loop {
+            match tcp_connect_once(
+                &ext,
+                to.parse::<std::net::SocketAddr>()?.ip(),
+                30080,
+                TIMEOUT,
+            ) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => bail!("NodePort {to} from outside: {e:#}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        assert_eq!(
+            seen, client,
+            "the backend sees the client's own address (eTP=Local)"
+        );
+    }
+    // A NodePort without endpoints: refused at once by the XDP hook (TCP RST via XDP_TX).
+    for to in ["192.0.2.1:30081", "[2001:db8::1]:30081"] {
+        let (kind, took) = attempt(&ext, "tcp", to.parse()?)?;
+        assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "{to}");
+        assert!(took < Duration::from_secs(1), "{to} refused after {took:?}");
+    }
+    drop(server);
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dataplane_common::{is_v4_mapped, v4_mapped, Backend, ServiceKey, BE_F_NONE};
+use dataplane_common::{is_v4_mapped, v4_mapped, Backend, ServiceKey, BE_F_NONE, SCOPE_INTERNAL};
 
 use crate::desired::{BackendAddr, Frontend, Protocol};
 
@@ -23,13 +23,18 @@ pub fn ip_from16(a: [u8; 16]) -> IpAddr {
     }
 }
 
+/// The internal-scope key of a frontend slot.
 pub fn service_key(fe: &Frontend, slot: u16) -> ServiceKey {
+    service_key_scoped(fe, slot, SCOPE_INTERNAL)
+}
+
+pub fn service_key_scoped(fe: &Frontend, slot: u16, scope: u8) -> ServiceKey {
     ServiceKey {
         addr: addr16(fe.addr),
         port_be: fe.port.to_be(),
         slot,
         proto: fe.proto.number(),
-        scope: 0,
+        scope,
         _pad: [0; 2],
     }
 }

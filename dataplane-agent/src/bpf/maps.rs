@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
 use dataplane_common::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, STATS},
+    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOURCE_RANGES, STATS},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
+    SourceRangeKey,
 };
 
 use super::object::LoadError;
@@ -20,6 +21,10 @@ pub struct Maps {
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// ClusterIPs and service ranges (`SVCNET_*` values).
+    pub service_nets: LpmTrie<MapData, [u8; 16], u32>,
+    /// `loadBalancerSourceRanges` by range-set id.
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
@@ -44,6 +49,8 @@ impl Maps {
             conntrack: typed(CONNTRACK, take(ebpf, CONNTRACK)?)?,
             affinity: typed(AFFINITY, take(ebpf, AFFINITY)?)?,
             stats: typed(STATS, take(ebpf, STATS)?)?,
+            service_nets: typed(SERVICE_NETS, take(ebpf, SERVICE_NETS)?)?,
+            source_ranges: typed(SOURCE_RANGES, take(ebpf, SOURCE_RANGES)?)?,
         })
     }
 
@@ -53,6 +60,20 @@ impl Maps {
 
     pub fn read_backends(&self) -> Result<BTreeMap<u32, Backend>, MapError> {
         self.backends.iter().collect()
+    }
+
+    pub fn read_service_nets(&self) -> Result<BTreeMap<(u32, [u8; 16]), u32>, MapError> {
+        self.service_nets
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect()
+    }
+
+    pub fn read_source_ranges(&self) -> Result<BTreeMap<(u32, SourceRangeKey), u32>, MapError> {
+        self.source_ranges
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect()
     }
 
     /// Packets counted per reason, summed over CPUs.

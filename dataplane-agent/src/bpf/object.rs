@@ -6,12 +6,22 @@ use aya::{
 };
 use thiserror::Error;
 
-use dataplane_common::maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, STATS};
+use dataplane_common::maps::{
+    AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOURCE_RANGES, STATS,
+};
 
 use super::{maps::Maps, pins::PinDir};
 
 /// Maps whose contents must survive an agent restart (the per-CPU scratch map need not).
-pub const PINNED_MAPS: [&str; 5] = [SERVICES, BACKENDS, CONNTRACK, AFFINITY, STATS];
+pub const PINNED_MAPS: [&str; 7] = [
+    SERVICES,
+    BACKENDS,
+    CONNTRACK,
+    AFFINITY,
+    STATS,
+    SERVICE_NETS,
+    SOURCE_RANGES,
+];
 
 /// The eBPF object built by build.rs from `dataplane-ebpf` (empty with AYA_BUILD_SKIP).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skiff"));

@@ -34,6 +34,9 @@ pub struct RunOutcome {
     pub ret: u32,
     /// True when the return value drops the packet at this hook.
     pub dropped: bool,
+    /// True when the program sends the (rewritten) packet back out of the interface it
+    /// arrived on: a REJECT reply (TC redirect to the same device, XDP_TX).
+    pub sent_back: bool,
     /// The frame after the program (rewritten or not).
     pub frame: Vec<u8>,
     /// The counter the program incremented.
@@ -50,7 +53,9 @@ pub enum RunError {
 }
 
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 const XDP_DROP: u32 = 1;
+const XDP_TX: u32 = 3;
 
 fn run_raw(
     dp: &mut Datapath,
@@ -86,9 +91,16 @@ pub fn run(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> Result<RunOutcome, Ru
         Hook::TcPod => res.return_value == TC_ACT_SHOT,
         Hook::XdpExt => res.return_value == XDP_DROP,
     };
+    // BPF_PROG_TEST_RUN does not perform redirects: the verdict is the return value, and
+    // the only redirect skiff's TC program issues is the reject reply to its own device.
+    let sent_back = match hook {
+        Hook::TcPod => res.return_value == TC_ACT_REDIRECT,
+        Hook::XdpExt => res.return_value == XDP_TX,
+    };
     Ok(RunOutcome {
         ret: res.return_value,
         dropped,
+        sent_back,
         frame: out,
         reason,
         duration: res.duration,

@@ -5,19 +5,34 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::MapError;
-use dataplane_common::{Backend, ServiceKey, ServiceValue, SVC_F_AFFINITY, SVC_F_NONE};
+use dataplane_common::{
+    Backend, ServiceKey, ServiceValue, SourceRangeKey, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_NONE,
+    SVC_F_SOURCE_RANGES,
+};
 use thiserror::Error;
 
 use super::{abi, maps::Maps};
-use crate::desired::DesiredState;
+use crate::desired::{DesiredState, Frontend};
 
 /// What the service maps hold (or should hold).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
+    /// The service address space: (prefix length in bits, 16-byte address) -> `SVCNET_*`.
+    pub service_nets: BTreeMap<NetPrefix, u32>,
+    /// Source ranges: (prefix length in bits, key) -> 1.
+    pub source_ranges: BTreeMap<RangePrefix, u32>,
 }
+
+/// An LPM entry of the source ranges map.
+pub type RangePrefix = (u32, SourceRangeKey);
+
+/// An LPM entry of the service address space: prefix length in bits over the 16-byte form.
+pub type NetPrefix = (u32, [u8; 16]);
 
 /// One map operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +41,10 @@ pub enum Op {
     PutService(ServiceKey, ServiceValue),
     DelService(ServiceKey),
     DelBackend(u32),
+    PutNet(NetPrefix, u32),
+    DelNet(NetPrefix),
+    PutRange(RangePrefix),
+    DelRange(RangePrefix),
 }
 
 /// Render the desired state into map contents. Backend ids are kept from `current` for
@@ -38,24 +57,49 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
     let mut next_id = 1u32;
     let mut out = MapContents::default();
     let mut assigned: HashMap<Backend, u32> = HashMap::new();
+    let range_ids = source_range_ids(desired, current);
 
-    for (fe, entry) in &desired.frontends {
-        let count = u16::try_from(entry.backends.len()).unwrap_or(u16::MAX);
+    let scoped = desired
+        .frontends
+        .iter()
+        .map(|(fe, e)| {
+            (
+                fe,
+                SCOPE_INTERNAL,
+                &e.backends,
+                desired.drop_when_empty.contains(fe),
+            )
+        })
+        .chain(
+            desired
+                .external
+                .iter()
+                .map(|(fe, e)| (fe, SCOPE_EXTERNAL, &e.backends, e.drop_when_empty)),
+        );
+    for (fe, scope, backends, drop_when_empty) in scoped {
+        let count = u16::try_from(backends.len()).unwrap_or(u16::MAX);
         let affinity = desired.session_affinity.get(fe).copied();
+        let range_id = range_ids.get(fe).copied();
+        let mut flags = SVC_F_NONE;
+        if affinity.is_some() {
+            flags |= SVC_F_AFFINITY;
+        }
+        if drop_when_empty {
+            flags |= SVC_F_DROP_EMPTY;
+        }
+        if range_id.is_some() {
+            flags |= SVC_F_SOURCE_RANGES;
+        }
         out.services.insert(
-            abi::service_key(fe, 0),
+            abi::service_key_scoped(fe, 0, scope),
             ServiceValue {
-                backend_id: 0,
+                backend_id: range_id.unwrap_or(0),
                 count,
-                flags: if affinity.is_some() {
-                    SVC_F_AFFINITY
-                } else {
-                    SVC_F_NONE
-                },
+                flags,
                 affinity_timeout_s: affinity.unwrap_or(0),
             },
         );
-        for (i, be) in entry.backends.iter().take(count as usize).enumerate() {
+        for (i, be) in backends.iter().take(count as usize).enumerate() {
             let be = abi::backend(be);
             let id = *assigned.entry(be).or_insert_with(|| {
                 existing.get(&be).copied().unwrap_or_else(|| {
@@ -68,7 +112,7 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
             });
             out.backends.insert(id, be);
             out.services.insert(
-                abi::service_key(fe, i as u16 + 1),
+                abi::service_key_scoped(fe, i as u16 + 1, scope),
                 ServiceValue {
                     backend_id: id,
                     count: 0,
@@ -78,7 +122,69 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
             );
         }
     }
+    for (fe, id) in &range_ids {
+        for net in desired.source_ranges.get(fe).into_iter().flatten() {
+            let key = SourceRangeKey {
+                id_be: id.to_be_bytes(),
+                addr: abi::addr16(net.network()),
+            };
+            out.source_ranges.insert((32 + prefix_bits(net), key), 1);
+        }
+    }
+    for net in &desired.service_cidrs {
+        out.service_nets
+            .insert((prefix_bits(net), abi::addr16(net.network())), SVCNET_RANGE);
+    }
+    for ip in &desired.cluster_ips {
+        out.service_nets
+            .insert((128, abi::addr16(*ip)), SVCNET_CLUSTER_IP);
+    }
     out
+}
+
+/// A prefix length over the 16-byte (IPv4-mapped) address form.
+fn prefix_bits(net: &ipnet::IpNet) -> u32 {
+    match net {
+        ipnet::IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+        ipnet::IpNet::V6(n) => u32::from(n.prefix_len()),
+    }
+}
+
+/// Source-range set ids of the frontends with `loadBalancerSourceRanges`: kept from the
+/// maps for frontends that had one (so an id never changes meaning under a live master),
+/// new ones the lowest id not in use.
+fn source_range_ids(desired: &DesiredState, current: &MapContents) -> BTreeMap<Frontend, u32> {
+    let id_of = |fe: &Frontend| {
+        current
+            .services
+            .get(&abi::service_key(fe, 0))
+            .filter(|v| v.flags & SVC_F_SOURCE_RANGES != 0)
+            .map(|v| v.backend_id)
+    };
+    let mut used: BTreeSet<u32> = current
+        .services
+        .iter()
+        .filter(|(k, v)| k.slot == 0 && v.flags & SVC_F_SOURCE_RANGES != 0)
+        .map(|(_, v)| v.backend_id)
+        .collect();
+    let mut ids = BTreeMap::new();
+    for fe in desired.source_ranges.keys() {
+        if let Some(id) = id_of(fe) {
+            ids.insert(*fe, id);
+        }
+    }
+    let mut next = 1u32;
+    for fe in desired.source_ranges.keys() {
+        if ids.contains_key(fe) {
+            continue;
+        }
+        while used.contains(&next) {
+            next += 1;
+        }
+        used.insert(next);
+        ids.insert(*fe, next);
+    }
+    ids
 }
 
 /// The operations that turn `current` into `desired`, ordered so that every intermediate
@@ -87,6 +193,12 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
 /// 5. removed slots, 6. backends nothing points at any more.
 pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     let mut ops = Vec::new();
+    // Source ranges before the masters that point at them, removed after.
+    for k in desired.source_ranges.keys() {
+        if !current.source_ranges.contains_key(k) {
+            ops.push(Op::PutRange(*k));
+        }
+    }
     for (id, be) in &desired.backends {
         if current.backends.get(id) != Some(be) {
             ops.push(Op::PutBackend(*id, *be));
@@ -109,6 +221,23 @@ pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     for id in current.backends.keys() {
         if !desired.backends.contains_key(id) {
             ops.push(Op::DelBackend(*id));
+        }
+    }
+    for k in current.source_ranges.keys() {
+        if !desired.source_ranges.contains_key(k) {
+            ops.push(Op::DelRange(*k));
+        }
+    }
+    // The address space last: a new ClusterIP's frontends exist before its marker, and a
+    // removed one's marker outlives them (its traffic is rejected, never leaked).
+    for (k, v) in &desired.service_nets {
+        if current.service_nets.get(k) != Some(v) {
+            ops.push(Op::PutNet(*k, *v));
+        }
+    }
+    for k in current.service_nets.keys() {
+        if !desired.service_nets.contains_key(k) {
+            ops.push(Op::DelNet(*k));
         }
     }
     ops
@@ -155,6 +284,12 @@ impl Writer {
                 backends: maps
                     .read_backends()
                     .map_err(|e| WriteError::Read(Box::new(e)))?,
+                service_nets: maps
+                    .read_service_nets()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
+                source_ranges: maps
+                    .read_source_ranges()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
             },
         })
     }
@@ -179,6 +314,18 @@ impl Writer {
                 Op::PutService(k, v) => maps.services.insert(k, v, 0),
                 Op::DelService(k) => ignore_missing(maps.services.remove(k)),
                 Op::DelBackend(id) => ignore_missing(maps.backends.remove(id)),
+                Op::PutNet((bits, addr), v) => {
+                    maps.service_nets.insert(&LpmKey::new(*bits, *addr), v, 0)
+                }
+                Op::DelNet((bits, addr)) => {
+                    ignore_missing(maps.service_nets.remove(&LpmKey::new(*bits, *addr)))
+                }
+                Op::PutRange((bits, key)) => {
+                    maps.source_ranges.insert(&LpmKey::new(*bits, *key), 1, 0)
+                }
+                Op::DelRange((bits, key)) => {
+                    ignore_missing(maps.source_ranges.remove(&LpmKey::new(*bits, *key)))
+                }
             };
             if let Err(source) = res {
                 return Err(WriteError::Apply {
@@ -211,6 +358,18 @@ impl Writer {
             }
             Op::DelBackend(id) => {
                 self.current.backends.remove(&id);
+            }
+            Op::PutNet(k, v) => {
+                self.current.service_nets.insert(k, v);
+            }
+            Op::DelNet(k) => {
+                self.current.service_nets.remove(&k);
+            }
+            Op::PutRange(k) => {
+                self.current.source_ranges.insert(k, 1);
+            }
+            Op::DelRange(k) => {
+                self.current.source_ranges.remove(&k);
             }
         }
     }
@@ -276,6 +435,18 @@ mod tests {
                 }
                 Op::DelBackend(id) => {
                     current.backends.remove(id);
+                }
+                Op::PutNet(k, v) => {
+                    current.service_nets.insert(*k, *v);
+                }
+                Op::DelNet(k) => {
+                    current.service_nets.remove(k);
+                }
+                Op::PutRange(k) => {
+                    current.source_ranges.insert(*k, 1);
+                }
+                Op::DelRange(k) => {
+                    current.source_ranges.remove(k);
                 }
             }
         }
@@ -433,5 +604,121 @@ mod tests {
         ]);
         let m = render(&d, &MapContents::default());
         assert_eq!(m.backends.len(), 1);
+    }
+
+    #[test]
+    fn address_space_renders_ranges_and_cluster_ips_and_diffs() {
+        let mut d = state(&[(fe("10.96.0.10", 80), vec![be("10.244.0.1", 8080)])]);
+        d.cluster_ips.insert("10.96.0.10".parse().unwrap());
+        d.service_cidrs = vec![
+            "10.96.0.0/16".parse().unwrap(),
+            "fd00:96::/108".parse().unwrap(),
+        ];
+        let r = render(&d, &MapContents::default());
+        let mut v4 = [0u8; 16];
+        v4[10..12].copy_from_slice(&[0xff, 0xff]);
+        v4[12..14].copy_from_slice(&[10, 96]);
+        let mut ip = v4;
+        ip[15] = 10;
+        let v6: [u8; 16] = "fd00:96::".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let want: BTreeMap<NetPrefix, u32> = [
+            ((96 + 16, v4), SVCNET_RANGE),
+            ((108, v6), SVCNET_RANGE),
+            ((128, ip), SVCNET_CLUSTER_IP),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(r.service_nets, want);
+
+        // The ClusterIP goes away: its marker is deleted after its frontend.
+        let empty = DesiredState {
+            service_cidrs: d.service_cidrs.clone(),
+            ..DesiredState::default()
+        };
+        let r2 = render(&empty, &r);
+        let ops = plan(&r, &r2);
+        let del_net = ops
+            .iter()
+            .position(|o| *o == Op::DelNet((128, ip)))
+            .unwrap();
+        let del_master = ops
+            .iter()
+            .position(|o| matches!(o, Op::DelService(k) if k.slot == 0))
+            .unwrap();
+        assert!(del_master < del_net, "{ops:?}");
+        let mut cur = r.clone();
+        apply(&mut cur, &ops);
+        assert_eq!(cur, r2);
+        assert!(plan(&r2, &r2).is_empty());
+    }
+
+    #[test]
+    fn source_range_ids_are_stable_and_ranges_outlive_their_masters() {
+        let (a, b) = (fe("192.0.2.127", 80), fe("192.0.2.128", 80));
+        let mut d = state(&[
+            (a, vec![be("10.244.0.1", 8080)]),
+            (b, vec![be("10.244.0.1", 8080)]),
+        ]);
+        d.source_ranges
+            .insert(b, vec!["203.0.113.0/24".parse().unwrap()]);
+        let r1 = render(&d, &MapContents::default());
+        let id_of = |r: &MapContents, f: &Frontend| r.services[&abi::service_key(f, 0)].backend_id;
+        assert_eq!(id_of(&r1, &b), 1);
+        assert_eq!(
+            r1.services[&abi::service_key(&b, 0)].flags,
+            SVC_F_SOURCE_RANGES
+        );
+        // `a` gets ranges too: `b` keeps its id, `a` takes a free one.
+        d.source_ranges
+            .insert(a, vec!["198.51.100.0/24".parse().unwrap()]);
+        let r2 = render(&d, &r1);
+        assert_eq!((id_of(&r2, &b), id_of(&r2, &a)), (1, 2));
+        assert_eq!(r2.source_ranges.len(), 2);
+        // Every range is in place before the master pointing at it, and removed after.
+        let ops = plan(&r1, &r2);
+        let put = ops
+            .iter()
+            .position(|o| matches!(o, Op::PutRange(_)))
+            .unwrap();
+        let master = ops
+            .iter()
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot == 0))
+            .unwrap();
+        assert!(put < master, "{ops:?}");
+        d.source_ranges.clear();
+        let r3 = render(&d, &r2);
+        let ops = plan(&r2, &r3);
+        let del = ops
+            .iter()
+            .position(|o| matches!(o, Op::DelRange(_)))
+            .unwrap();
+        let master = ops
+            .iter()
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot == 0))
+            .unwrap();
+        assert!(master < del, "{ops:?}");
+        assert!(r3.source_ranges.is_empty());
+        let mut cur = r2.clone();
+        apply(&mut cur, &ops);
+        assert_eq!(cur, r3);
+    }
+
+    #[test]
+    fn external_entries_render_at_the_external_scope() {
+        use crate::desired::ExternalEntry;
+        let f = fe("192.0.2.1", 30080);
+        let mut d = state(&[(f, vec![be("10.244.0.1", 8080), be("10.244.0.2", 8080)])]);
+        d.external.insert(
+            f,
+            ExternalEntry {
+                backends: vec![],
+                drop_when_empty: true,
+            },
+        );
+        let r = render(&d, &MapContents::default());
+        let ext = r.services[&abi::service_key_scoped(&f, 0, SCOPE_EXTERNAL)];
+        assert_eq!((ext.count, ext.flags), (0, SVC_F_DROP_EMPTY));
+        assert_eq!(r.services[&abi::service_key(&f, 0)].count, 2);
+        assert_eq!(r.services.len(), 1 + 2 + 1);
     }
 }
