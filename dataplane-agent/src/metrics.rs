@@ -36,7 +36,11 @@ const SYNC_BUCKETS: [f64; 16] = [
 pub fn verdict(reason: Reason) -> &'static str {
     match reason {
         r if r.is_drop() => "drop",
-        Reason::NatNew | Reason::NatEstablished | Reason::NatReply => "translate",
+        Reason::NatNew
+        | Reason::NatEstablished
+        | Reason::NatReply
+        | Reason::SockNat
+        | Reason::SockRevNat => "translate",
         _ => "pass",
     }
 }
@@ -276,6 +280,8 @@ mod tests {
         assert_eq!(verdict(Reason::NatNew), "translate");
         assert_eq!(verdict(Reason::NatReply), "translate");
         assert_eq!(verdict(Reason::DropCtFull), "drop");
+        assert_eq!(verdict(Reason::SockNat), "translate");
+        assert_eq!(verdict(Reason::DropSockNoEndpoints), "drop");
         for r in Reason::ALL {
             assert_eq!(verdict(r) == "drop", r.is_drop(), "{r:?}");
         }

@@ -16,6 +16,11 @@ pub const AFFINITY: &str = "SK_AFF_V1";
 /// Per-CPU scratch space (one `Scratch`).
 pub const SCRATCH: &str = "SK_SCRATCH_V1";
 
+/// Socket-level translations: `sock::SockKey` -> `sock::SockValue` (LRU).
+pub const SOCK: &str = "SK_SOCK_V1";
+/// Two entries per translated TCP connection or UDP socket and frontend.
+pub const SOCK_MAX: u32 = 131_072;
+
 /// One master entry plus one slot per endpoint for each frontend: 10,000 services with 10
 /// endpoints need 110,000. Not preallocated, so unused capacity costs no memory.
 pub const SERVICES_MAX: u32 = 262_144;

@@ -27,6 +27,12 @@ pub enum Reason {
     PassPolicyAllowed = 12,
     /// Towards a pod: a packet of (or a reply to) a connection policy already allowed.
     PassPolicyTracked = 13,
+    /// Socket level (`connect()`, unconnected `sendmsg()`): a local socket addressed a service;
+    /// its destination was rewritten to the chosen backend before any packet exists.
+    SockNat = 24,
+    /// Socket level (`recvmsg()`, `getpeername()`): the backend's address reported to the
+    /// application as the service address it used.
+    SockRevNat = 25,
     /// Truncated or malformed header.
     DropMalformed = 32,
     /// The service port exists but has no usable endpoint.
@@ -41,13 +47,16 @@ pub enum Reason {
     DropPolicyEgress = 37,
     /// No NetworkPolicy selecting the destination pod allows this ingress connection.
     DropPolicyIngress = 38,
+    /// Socket level: `connect()`/`sendmsg()` to a service port without endpoints refused
+    /// with ECONNREFUSED (what kube-proxy's REJECT gives a local client).
+    DropSockNoEndpoints = 48,
 }
 
 /// First drop reason.
 pub const DROP_BASE: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 20] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -58,6 +67,8 @@ impl Reason {
         Reason::PassPolicyNone,
         Reason::PassPolicyAllowed,
         Reason::PassPolicyTracked,
+        Reason::SockNat,
+        Reason::SockRevNat,
         Reason::DropMalformed,
         Reason::DropNoEndpoints,
         Reason::DropCtFull,
@@ -65,6 +76,7 @@ impl Reason {
         Reason::DropNoBackend,
         Reason::DropPolicyEgress,
         Reason::DropPolicyIngress,
+        Reason::DropSockNoEndpoints,
     ];
 
     #[inline(always)]
@@ -93,6 +105,8 @@ impl Reason {
             Reason::PassPolicyNone => "policy_not_isolated",
             Reason::PassPolicyAllowed => "policy_allowed",
             Reason::PassPolicyTracked => "policy_tracked",
+            Reason::SockNat => "sock_nat",
+            Reason::SockRevNat => "sock_rev_nat",
             Reason::DropMalformed => "malformed",
             Reason::DropNoEndpoints => "no_endpoints",
             Reason::DropCtFull => "conntrack_full",
@@ -100,6 +114,7 @@ impl Reason {
             Reason::DropNoBackend => "no_backend",
             Reason::DropPolicyEgress => "policy_denied_egress",
             Reason::DropPolicyIngress => "policy_denied_ingress",
+            Reason::DropSockNoEndpoints => "sock_no_endpoints",
         }
     }
 
@@ -128,6 +143,14 @@ impl Reason {
             Reason::PassPolicyTracked => {
                 "part of (or a reply to) a connection policy already allowed; delivered"
             }
+            Reason::SockNat => {
+                "local socket to a service: destination rewritten to the chosen backend at \
+                 connect()/sendmsg(); its packets need no translation"
+            }
+            Reason::SockRevNat => {
+                "local socket: the backend's address reported as the service address \
+                 (recvmsg()/getpeername())"
+            }
             Reason::DropMalformed => "truncated or malformed header: dropped",
             Reason::DropNoEndpoints => "service port has no ready endpoint: dropped",
             Reason::DropCtFull => "connection-tracking table refused a new entry: dropped",
@@ -138,6 +161,10 @@ impl Reason {
             }
             Reason::DropPolicyIngress => {
                 "no NetworkPolicy selecting the destination pod allows this ingress: dropped"
+            }
+            Reason::DropSockNoEndpoints => {
+                "local socket to a service port without endpoints: connect()/sendmsg() \
+                 refused with ECONNREFUSED"
             }
         }
     }
@@ -152,7 +179,7 @@ mod tests {
     #[test]
     fn drops_are_exactly_the_drop_variants() {
         let drops: std::vec::Vec<_> = Reason::ALL.iter().filter(|r| r.is_drop()).collect();
-        assert_eq!(drops.len(), 7);
+        assert_eq!(drops.len(), 8);
         assert!(drops.iter().all(|r| format!("{r:?}").starts_with("Drop")));
     }
 

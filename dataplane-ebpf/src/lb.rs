@@ -1,4 +1,5 @@
-//! Service lookup and backend selection.
+//! Service lookup and backend selection, for packets (`parse::Flow`) and for sockets
+//! (`cgroup_sock`) alike: both implement [`Conn`].
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use dataplane_common::{
@@ -10,13 +11,43 @@ use crate::{
     parse::Flow,
 };
 
+/// What service lookup and backend selection read from a new connection.
+pub trait Conn {
+    /// The frontend address (IPv4-mapped for IPv4).
+    fn dst(&self) -> &[u8; 16];
+    /// The frontend port, network byte order.
+    fn dport_be(&self) -> u16;
+    fn proto(&self) -> u8;
+    /// The client identity session affinity keys on.
+    fn client(&self) -> &[u8; 16];
+}
+
+impl Conn for Flow {
+    #[inline(always)]
+    fn dst(&self) -> &[u8; 16] {
+        &self.dst
+    }
+    #[inline(always)]
+    fn dport_be(&self) -> u16 {
+        self.dport_be
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn client(&self) -> &[u8; 16] {
+        &self.src
+    }
+}
+
 #[inline(always)]
-pub fn service_key(flow: &Flow, slot: u16) -> ServiceKey {
+pub fn service_key<F: Conn>(flow: &F, slot: u16) -> ServiceKey {
     ServiceKey {
-        addr: flow.dst,
-        port_be: flow.dport_be,
+        addr: *flow.dst(),
+        port_be: flow.dport_be(),
         slot,
-        proto: flow.proto,
+        proto: flow.proto(),
         scope: 0,
         _pad: [0; 2],
     }
@@ -24,7 +55,7 @@ pub fn service_key(flow: &Flow, slot: u16) -> ServiceKey {
 
 /// The master entry of the service frontend this flow is addressed to.
 #[inline(always)]
-pub fn lookup_service(flow: &Flow) -> Option<ServiceValue> {
+pub fn lookup_service<F: Conn>(flow: &F) -> Option<ServiceValue> {
     unsafe { SERVICES.get(&service_key(flow, 0)) }.copied()
 }
 
@@ -32,7 +63,7 @@ pub fn lookup_service(flow: &Flow) -> Option<ServiceValue> {
 /// `sessionAffinity: ClientIP` and it is still valid, else uniformly at random among the
 /// service's `count` slots (remembered for affinity).
 #[inline(always)]
-pub fn select_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
+pub fn select_backend<F: Conn>(flow: &F, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
     if svc.count == 0 {
         return None;
     }
@@ -55,11 +86,11 @@ pub fn select_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32,
 /// The per-CPU scratch copy of this client's affinity key (40 bytes: too many for the stack
 /// next to the rest of the pipeline).
 #[inline(always)]
-fn affinity_key(flow: &Flow) -> Option<&'static mut AffinityKey> {
+fn affinity_key<F: Conn>(flow: &F) -> Option<&'static mut AffinityKey> {
     let s = SCRATCH.get_ptr_mut(0)?;
     let s = unsafe { &mut *s };
     s.affinity_key.service = service_key(flow, 0);
-    s.affinity_key.client = flow.src;
+    s.affinity_key.client = *flow.client();
     Some(&mut s.affinity_key)
 }
 
@@ -67,7 +98,7 @@ fn affinity_key(flow: &Flow) -> Option<&'static mut AffinityKey> {
 /// service (a backend that left the service is never chosen again). Refreshes its time, as
 /// kube-proxy's `recent` match does on each new connection.
 #[inline(always)]
-fn affinity_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
+fn affinity_backend<F: Conn>(flow: &F, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
     let key = affinity_key(flow)?;
     let v = AFFINITY.get_ptr_mut(&*key)?;
     let v = unsafe { &mut *v };
@@ -85,7 +116,7 @@ fn affinity_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, B
 }
 
 #[inline(always)]
-fn remember(flow: &Flow, backend_id: u32, slot: u16, now: u64) {
+fn remember<F: Conn>(flow: &F, backend_id: u32, slot: u16, now: u64) {
     if let Some(key) = affinity_key(flow) {
         let v = AffinityValue {
             backend_id,

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    maps::{AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, STATS_MAX},
+    maps::{AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, SOCK_MAX, STATS_MAX},
+    sock::{SockKey, SockValue},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Scratch, ServiceKey, ServiceValue,
 };
 
@@ -40,3 +41,8 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SK_AFF_V1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(AFFINITY_MAX, 0);
+
+/// Socket-level translations (see `dataplane_common::sock`). LRU: an evicted entry costs a
+/// socket its backend stickiness or the service address in `getpeername()`, never traffic.
+#[map(name = "SK_SOCK_V1")]
+pub static SOCK: LruHashMap<SockKey, SockValue> = LruHashMap::with_max_entries(SOCK_MAX, 0);

@@ -8,7 +8,8 @@ use aya::{
     Ebpf,
 };
 use dataplane_common::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, STATS},
+    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SOCK, STATS},
+    sock::{SockKey, SockValue},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
 };
 
@@ -20,6 +21,8 @@ pub struct Maps {
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// Socket-level translations (`dataplane_common::sock`).
+    pub sock: HashMap<MapData, SockKey, SockValue>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
@@ -44,6 +47,7 @@ impl Maps {
             conntrack: typed(CONNTRACK, take(ebpf, CONNTRACK)?)?,
             affinity: typed(AFFINITY, take(ebpf, AFFINITY)?)?,
             stats: typed(STATS, take(ebpf, STATS)?)?,
+            sock: typed(SOCK, take(ebpf, SOCK)?)?,
         })
     }
 
