@@ -49,7 +49,7 @@ const HOOK_PREFIX: &str = "sock-";
 /// statfs f_type of a cgroup v2 filesystem.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// `BPF_LINK_UPDATE` (enum bpf_cmd).
-const BPF_LINK_UPDATE: libc::c_long = 20;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 
 #[derive(Debug, Error)]
 pub enum SockLbError {
@@ -197,8 +197,7 @@ pub struct SockLb {
 }
 
 impl SockLb {
-    /// Attach every socket-level program to `cgroup` (alongside other programs there:
-    /// `BPF_F_ALLOW_MULTI`). With `pins`, links pinned by an earlier agent for this cgroup are
+    /// Attach every socket-level program to `cgroup` (alongside other programs there). With `pins`, links pinned by an earlier agent for this cgroup are
     /// adopted with their program swapped atomically, new links are pinned, and pins for
     /// other cgroups are removed (detaching those) once this cgroup has every link.
     pub fn attach(
@@ -222,8 +221,10 @@ impl SockLb {
                 cgroup: cgroup.to_path_buf(),
                 error,
             };
+            // A bpf_link attach takes no flags (`Single` is 0) and always coexists with
+            // other programs on the cgroup, as BPF_F_ALLOW_MULTI would.
             let id = prog
-                .attach(&file, CgroupAttachMode::AllowMultiple)
+                .attach(&file, CgroupAttachMode::Single)
                 .map_err(attach_err)?;
             let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
                 .map_err(|error| SockLbError::Link { program, error })?;
@@ -337,6 +338,8 @@ fn link_fd(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        // Explicit, zeroed: the kernel rejects non-zero bytes past the command's fields.
+        _pad: u32,
     }
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -345,6 +348,7 @@ fn link_fd(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
+        _pad: 0,
     };
     // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET pointing at a live C string.
     let fd = unsafe {
