@@ -13,4 +13,5 @@ pub mod packet;
 pub mod run;
 pub mod status;
 pub mod trace;
+pub mod trace_node;
 pub mod translate;

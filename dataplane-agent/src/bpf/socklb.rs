@@ -183,6 +183,52 @@ fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// The agent's start-up step: attach per the node config. `socketLB: false` removes links an
+/// earlier agent pinned (turning the path off); a configured `cgroupPath` that cannot be
+/// used is an error; when no cgroup v2 mount is found (e.g. inside `ip netns exec`, which
+/// hides /sys/fs/cgroup) the agent logs it and runs without the socket-level path.
+pub fn start(
+    dp: &mut Datapath,
+    config: &crate::config::NodeConfig,
+    pins: Option<&PinDir>,
+) -> Result<Option<SockLb>, SockLbError> {
+    if !config.socket_lb {
+        if let Some(pins) = pins {
+            remove_pins(pins)?;
+        }
+        info!("socketLB: false: local sockets' service traffic is not translated");
+        return Ok(None);
+    }
+    let path = match &config.cgroup_path {
+        Some(p) => p.clone(),
+        None => match default_cgroup_path() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(
+                    "{e}; running without the socket-level path: host processes and \
+                     hostNetwork pods cannot reach ClusterIPs"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    SockLb::attach(dp, &path, pins).map(Some)
+}
+
+/// Remove every socket-level link pin (detaching those links).
+pub fn remove_pins(pins: &PinDir) -> Result<(), SockLbError> {
+    for p in pins.links()? {
+        if p.hook.starts_with(HOOK_PREFIX) {
+            info!(pin = %p.path.display(), "removing socket-level link pin");
+            std::fs::remove_file(&p.path).map_err(|error| SockLbError::Cgroup {
+                path: p.path.clone(),
+                error,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// One program's link on the cgroup.
 struct Held {
     _link: FdLink,
