@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -59,6 +59,10 @@ struct RawNodeConfig {
     pod_interfaces: Option<Vec<String>>,
     #[serde(default)]
     external_interfaces: Vec<String>,
+    #[serde(rename = "socketLB", default)]
+    socket_lb: Option<bool>,
+    #[serde(default)]
+    cgroup_path: Option<String>,
 }
 
 /// Validated node configuration. Build it with [`NodeConfig::load`] or
@@ -81,6 +85,12 @@ pub struct NodeConfig {
     pub pod_interfaces: Vec<String>,
     /// Interfaces facing outside the node (exact names): XDP translates service traffic there.
     pub external_interfaces: Vec<String>,
+    /// Translate local sockets' service traffic at `connect()`/`sendmsg()` (cgroup hooks;
+    /// default on): the only path for host processes and hostNetwork pods.
+    pub socket_lb: bool,
+    /// The cgroup v2 directory the socket-level programs attach to; `None`: the root of the
+    /// cgroup v2 mount found in /proc/self/mountinfo.
+    pub cgroup_path: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -248,6 +258,19 @@ impl Validator<'_> {
         for (i, name) in raw.external_interfaces.iter().enumerate() {
             self.check_interface_name(i, name)?;
         }
+        let cgroup_path = match raw.cgroup_path {
+            None => None,
+            Some(p) if p.starts_with('/') && !p.split('/').any(|c| c == "..") => {
+                Some(PathBuf::from(p))
+            }
+            Some(p) => {
+                return Err(self.invalid(
+                    "cgroupPath".into(),
+                    &p,
+                    "must be an absolute path without `..`",
+                ))
+            }
+        };
         Ok(NodeConfig {
             node_name,
             node_ips,
@@ -257,6 +280,8 @@ impl Validator<'_> {
             masquerade_all: raw.masquerade_all,
             pod_interfaces,
             external_interfaces: raw.external_interfaces,
+            socket_lb: raw.socket_lb.unwrap_or(true),
+            cgroup_path,
         })
     }
 
@@ -532,6 +557,31 @@ mod tests {
                 ("externalInterfaces[0]".to_string(), bad.to_string())
             );
         }
+    }
+
+    #[test]
+    fn socket_lb_defaults_on_with_an_autodetected_cgroup() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert!(cfg.socket_lb);
+        assert_eq!(cfg.cgroup_path, None);
+        let cfg = parse(&format!(
+            "{MINIMAL}socketLB: false\ncgroupPath: /sys/fs/cgroup/unified\n"
+        ))
+        .unwrap();
+        assert!(!cfg.socket_lb);
+        assert_eq!(
+            cfg.cgroup_path,
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        for bad in ["relative/cg", "/sys/fs/cgroup/../x", ""] {
+            let err = parse(&format!("{MINIMAL}cgroupPath: '{bad}'\n")).unwrap_err();
+            assert_eq!(
+                invalid_key(err),
+                ("cgroupPath".to_string(), bad.to_string())
+            );
+        }
+        let err = parse(&format!("{MINIMAL}socketLb: true\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     }
 
     #[test]

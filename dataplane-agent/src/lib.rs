@@ -15,4 +15,5 @@ pub mod policy;
 pub mod run;
 pub mod status;
 pub mod trace;
+pub mod trace_node;
 pub mod translate;

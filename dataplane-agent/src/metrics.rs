@@ -37,7 +37,11 @@ pub fn verdict(reason: Reason) -> &'static str {
     match reason {
         r if r.is_drop() => "drop",
         r if r.is_reject() => "reject",
-        Reason::NatNew | Reason::NatEstablished | Reason::NatReply => "translate",
+        Reason::NatNew
+        | Reason::NatEstablished
+        | Reason::NatReply
+        | Reason::SockNat
+        | Reason::SockRevNat => "translate",
         _ => "pass",
     }
 }
@@ -278,6 +282,8 @@ mod tests {
         assert_eq!(verdict(Reason::NatReply), "translate");
         assert_eq!(verdict(Reason::DropCtFull), "drop");
         assert_eq!(verdict(Reason::RejectNoEndpoints), "reject");
+        assert_eq!(verdict(Reason::SockNat), "translate");
+        assert_eq!(verdict(Reason::DropSockNoEndpoints), "drop");
         for r in Reason::ALL {
             assert_eq!(verdict(r) == "drop", r.is_drop(), "{r:?}");
         }

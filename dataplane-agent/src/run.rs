@@ -320,6 +320,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     agent.attach_pods();
+    let sock_lb = crate::bpf::socklb::start(&mut agent.dp, &agent.config, pin_dir.as_ref())
+        .context("attaching the socket-level (cgroup) programs")?;
     // Every link now runs this version's programs: maps of an older layout are unused.
     if let Some(pins) = &pin_dir {
         match pins.remove_stale_maps(&crate::bpf::object::PINNED_MAPS) {
@@ -352,6 +354,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if detach_on_exit {
         info!("shutting down: detaching programs and removing link pins");
         agent.attachments.detach_all();
+        if let Some(lb) = sock_lb {
+            lb.detach();
+        }
     } else {
         info!("shutting down: programs stay attached (pinned) for the next agent");
     }

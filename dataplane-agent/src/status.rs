@@ -472,7 +472,8 @@ fn probe_links(links_dir: &Path, names: Vec<String>) -> Vec<LinkReport> {
             let (hook, ifindex, iface) = parse_link_pin(&pin);
             LinkReport {
                 kernel: link_state(&links_dir.join(&pin)),
-                iface_now: ifindex.map(ifname_of),
+                // Index 0 (socket-level links) names no interface.
+                iface_now: ifindex.filter(|&i| i != 0).map(ifname_of),
                 pin,
                 hook,
                 ifindex,
@@ -660,7 +661,15 @@ impl fmt::Display for StatusReport {
                     f,
                     "  {:<32} {:<11} {:<16} {state}",
                     l.pin,
-                    l.hook.map_or("?", Hook::as_str),
+                    // Socket-level links (`bpf::socklb`) name a cgroup id, not an interface.
+                    l.hook.map_or(
+                        if l.pin.starts_with("sock-") {
+                            "cgroup"
+                        } else {
+                            "?"
+                        },
+                        Hook::as_str
+                    ),
                     l.iface
                 )?;
             }

@@ -16,6 +16,7 @@ use crate::bpf::{
 use crate::config::NodeConfig;
 use crate::desired::{DesiredState, Frontend, Protocol};
 use crate::packet::{self, FlowSpec, L4Proto};
+use crate::trace_node;
 
 /// One input line: `{"proto":"tcp","src":IP,"sport":N,"dst":IP,"dport":N}`.
 #[derive(Clone, Debug, Deserialize)]
@@ -75,6 +76,8 @@ pub enum TraceError {
     Run(#[from] RunError),
     #[error("clearing connection tracking")]
     Conntrack(#[source] aya::maps::MapError),
+    #[error("reading the service maps")]
+    Maps(#[source] aya::maps::MapError),
 }
 
 pub fn format_endpoint(ip: IpAddr, port: u16) -> String {
@@ -138,16 +141,26 @@ impl Tracer {
             Origin::Pod => Hook::TcPod,
             Origin::External => Hook::XdpExt,
             Origin::Node => {
+                // No packet hook: only the socket-level one (see `trace_node`).
+                let fe = Frontend {
+                    addr: input.dst,
+                    port: input.dport,
+                    proto,
+                };
+                let v = trace_node::node_verdict(&self.dp.maps, self.config.socket_lb, &fe)
+                    .map_err(TraceError::Maps)?;
+                let (verdict, dnat, mut reason, code, hook) = trace_node::describe(&v, input.dst);
+                if let Some(svc) = &service {
+                    reason = format!("{reason} [service {svc}]");
+                }
                 return Ok(TraceResult {
-                    verdict: "pass",
-                    dnat: None,
+                    verdict,
+                    dnat,
                     snat: None,
-                    reason: "from the node itself: skiff has no hook on this path yet \
-                             (host-originated service traffic is not translated); passed untranslated"
-                        .into(),
-                    code: None,
+                    reason,
+                    code,
                     origin,
-                    hook: None,
+                    hook,
                     service,
                 });
             }

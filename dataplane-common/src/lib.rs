@@ -12,6 +12,7 @@
 pub mod maps;
 pub mod policy;
 pub mod reason;
+pub mod sock;
 
 pub use reason::Reason;
 

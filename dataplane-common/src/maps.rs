@@ -23,6 +23,11 @@ pub const SOURCE_RANGES: &str = "SK_LBSRC_V1";
 /// Per-CPU buffer where REJECT replies are built (kernel side only).
 pub const REPLY: &str = "SK_REPLY_V1";
 
+/// Socket-level translations: `sock::SockKey` -> `sock::SockValue` (LRU).
+pub const SOCK: &str = "SK_SOCK_V1";
+/// Two entries per translated TCP connection or UDP socket and frontend.
+pub const SOCK_MAX: u32 = 131_072;
+
 /// One master entry plus one slot per endpoint for each frontend: 10,000 services with 10
 /// endpoints need 110,000. Not preallocated, so unused capacity costs no memory.
 pub const SERVICES_MAX: u32 = 262_144;

@@ -33,6 +33,12 @@ pub enum Reason {
     /// A new connection to a ClusterIP on a port the Service does not define: rejected like
     /// kube-proxy's nftables `cluster-ips-check`.
     RejectUndefinedPort = 17,
+    /// Socket level (`connect()`, unconnected `sendmsg()`): a local socket addressed a service;
+    /// its destination was rewritten to the chosen backend before any packet exists.
+    SockNat = 24,
+    /// Socket level (`recvmsg()`, `getpeername()`): the backend's address reported to the
+    /// application as the service address it used.
+    SockRevNat = 25,
     /// Truncated or malformed header.
     DropMalformed = 32,
     /// The service port exists but has no usable endpoint.
@@ -56,6 +62,9 @@ pub enum Reason {
     DropNoLocalEndpoints = 42,
     /// Source outside the LoadBalancer's `loadBalancerSourceRanges`.
     DropSourceRange = 43,
+    /// Socket level: `connect()`/`sendmsg()` to a service port without endpoints refused
+    /// with ECONNREFUSED (what kube-proxy's REJECT gives a local client).
+    DropSockNoEndpoints = 48,
 }
 
 /// First drop reason.
@@ -65,7 +74,7 @@ pub const REJECT_FIRST: u32 = 16;
 pub const REJECT_LAST: u32 = 23;
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 26] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -78,6 +87,8 @@ impl Reason {
         Reason::PassPolicyTracked,
         Reason::RejectNoEndpoints,
         Reason::RejectUndefinedPort,
+        Reason::SockNat,
+        Reason::SockRevNat,
         Reason::DropMalformed,
         Reason::DropNoEndpoints,
         Reason::DropCtFull,
@@ -89,6 +100,7 @@ impl Reason {
         Reason::DropUndefinedPort,
         Reason::DropNoLocalEndpoints,
         Reason::DropSourceRange,
+        Reason::DropSockNoEndpoints,
     ];
 
     #[inline(always)]
@@ -124,6 +136,8 @@ impl Reason {
             Reason::PassPolicyTracked => "policy_tracked",
             Reason::RejectNoEndpoints => "reject_no_endpoints",
             Reason::RejectUndefinedPort => "reject_undefined_port",
+            Reason::SockNat => "sock_nat",
+            Reason::SockRevNat => "sock_rev_nat",
             Reason::DropMalformed => "malformed",
             Reason::DropNoEndpoints => "no_endpoints",
             Reason::DropCtFull => "conntrack_full",
@@ -135,6 +149,7 @@ impl Reason {
             Reason::DropUndefinedPort => "undefined_port",
             Reason::DropNoLocalEndpoints => "no_local_endpoints",
             Reason::DropSourceRange => "source_range",
+            Reason::DropSockNoEndpoints => "sock_no_endpoints",
         }
     }
 
@@ -169,6 +184,14 @@ impl Reason {
             Reason::RejectUndefinedPort => {
                 "ClusterIP has no such port: rejected (TCP RST or ICMP port unreachable sent back)"
             }
+            Reason::SockNat => {
+                "local socket to a service: destination rewritten to the chosen backend at \
+                 connect()/sendmsg(); its packets need no translation"
+            }
+            Reason::SockRevNat => {
+                "local socket: the backend's address reported as the service address \
+                 (recvmsg()/getpeername())"
+            }
             Reason::DropMalformed => "truncated or malformed header: dropped",
             Reason::DropNoEndpoints => {
                 "service port has no ready endpoint and no reply can be built: dropped"
@@ -194,6 +217,10 @@ impl Reason {
             Reason::DropSourceRange => {
                 "source is outside the service's loadBalancerSourceRanges: dropped"
             }
+            Reason::DropSockNoEndpoints => {
+                "local socket to a service port without endpoints: connect()/sendmsg() \
+                 refused with ECONNREFUSED"
+            }
         }
     }
 }
@@ -207,7 +234,7 @@ mod tests {
     #[test]
     fn drops_are_exactly_the_drop_variants() {
         let drops: std::vec::Vec<_> = Reason::ALL.iter().filter(|r| r.is_drop()).collect();
-        assert_eq!(drops.len(), 11);
+        assert_eq!(drops.len(), 12);
         assert!(drops.iter().all(|r| format!("{r:?}").starts_with("Drop")));
     }
 

@@ -1,4 +1,5 @@
-//! Service lookup and backend selection.
+//! Service lookup and backend selection, for packets (`parse::Flow`) and for sockets
+//! (`cgroup_sock`) alike: both implement [`Conn`].
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::maps::lpm_trie::Key;
@@ -12,14 +13,50 @@ use crate::{
     parse::Flow,
 };
 
+/// What service lookup and backend selection read from a new connection.
+pub trait Conn {
+    /// The frontend address (IPv4-mapped for IPv4).
+    fn dst(&self) -> &[u8; 16];
+    /// The frontend port, network byte order.
+    fn dport_be(&self) -> u16;
+    fn proto(&self) -> u8;
+    /// The client identity session affinity keys on.
+    fn client(&self) -> &[u8; 16];
+    /// The frontend scope (`SCOPE_*`) the lookups use.
+    fn scope(&self) -> u8;
+}
+
+impl Conn for Flow {
+    #[inline(always)]
+    fn dst(&self) -> &[u8; 16] {
+        &self.dst
+    }
+    #[inline(always)]
+    fn dport_be(&self) -> u16 {
+        self.dport_be
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn client(&self) -> &[u8; 16] {
+        &self.src
+    }
+    #[inline(always)]
+    fn scope(&self) -> u8 {
+        self.scope
+    }
+}
+
 #[inline(always)]
-pub fn service_key(flow: &Flow, slot: u16) -> ServiceKey {
+pub fn service_key<F: Conn>(flow: &F, slot: u16) -> ServiceKey {
     ServiceKey {
-        addr: flow.dst,
-        port_be: flow.dport_be,
+        addr: *flow.dst(),
+        port_be: flow.dport_be(),
         slot,
-        proto: flow.proto,
-        scope: flow.scope,
+        proto: flow.proto(),
+        scope: flow.scope(),
         _pad: [0; 2],
     }
 }
@@ -36,7 +73,13 @@ pub fn lookup_service(flow: &mut Flow, external: bool) -> Option<ServiceValue> {
         }
     }
     flow.scope = SCOPE_INTERNAL;
-    unsafe { SERVICES.get(&service_key(flow, 0)) }.copied()
+    lookup_frontend(flow)
+}
+
+/// The master entry of the frontend `c` is addressed to, in `c`'s scope.
+#[inline(always)]
+pub fn lookup_frontend<F: Conn>(c: &F) -> Option<ServiceValue> {
+    unsafe { SERVICES.get(&service_key(c, 0)) }.copied()
 }
 
 /// Whether the flow's source is inside the frontend's source ranges (set `id`).
@@ -64,7 +107,7 @@ pub fn service_net(flow: &Flow) -> Option<u32> {
 /// `sessionAffinity: ClientIP` and it is still valid, else uniformly at random among the
 /// service's `count` slots (remembered for affinity).
 #[inline(always)]
-pub fn select_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
+pub fn select_backend<F: Conn>(flow: &F, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
     if svc.count == 0 {
         return None;
     }
@@ -87,11 +130,11 @@ pub fn select_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32,
 /// The per-CPU scratch copy of this client's affinity key (40 bytes: too many for the stack
 /// next to the rest of the pipeline).
 #[inline(always)]
-fn affinity_key(flow: &Flow) -> Option<&'static mut AffinityKey> {
+fn affinity_key<F: Conn>(flow: &F) -> Option<&'static mut AffinityKey> {
     let s = SCRATCH.get_ptr_mut(0)?;
     let s = unsafe { &mut *s };
     s.affinity_key.service = service_key(flow, 0);
-    s.affinity_key.client = flow.src;
+    s.affinity_key.client = *flow.client();
     Some(&mut s.affinity_key)
 }
 
@@ -99,7 +142,7 @@ fn affinity_key(flow: &Flow) -> Option<&'static mut AffinityKey> {
 /// service (a backend that left the service is never chosen again). Refreshes its time, as
 /// kube-proxy's `recent` match does on each new connection.
 #[inline(always)]
-fn affinity_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
+fn affinity_backend<F: Conn>(flow: &F, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
     let key = affinity_key(flow)?;
     let v = AFFINITY.get_ptr_mut(&*key)?;
     let v = unsafe { &mut *v };
@@ -117,7 +160,7 @@ fn affinity_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Option<(u32, B
 }
 
 #[inline(always)]
-fn remember(flow: &Flow, backend_id: u32, slot: u16, now: u64) {
+fn remember<F: Conn>(flow: &F, backend_id: u32, slot: u16, now: u64) {
     if let Some(key) = affinity_key(flow) {
         let v = AffinityValue {
             backend_id,

@@ -1,4 +1,4 @@
-//! skiff eBPF programs. One entry file per attach point (`tc_pod`, `xdp_ext`); the packet
+//! skiff eBPF programs. One entry file per attach point (`tc_pod`, `xdp_ext`, `cgroup_sock`); the packet
 //! pipeline is shared through the `ctx::Packet` abstraction so TC and XDP run the same code.
 #![no_std]
 #![no_main]
@@ -7,6 +7,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod baseline;
+mod cgroup_sock;
 mod checksum;
 mod conntrack;
 mod ctx;

@@ -8,9 +8,10 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     maps::{
-        AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, SERVICE_NETS_MAX,
+        AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, SERVICES_MAX, SERVICE_NETS_MAX, SOCK_MAX,
         SOURCE_RANGES_MAX, STATS_MAX,
     },
+    sock::{SockKey, SockValue},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Scratch, ServiceKey, ServiceValue,
     SourceRangeKey,
 };
@@ -64,3 +65,7 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
 /// Where REJECT replies are built (too large for the stack at the depth they are built).
 #[map(name = "SK_REPLY_V1")]
 pub static REPLY: PerCpuArray<ReplyBuf> = PerCpuArray::with_max_entries(1, 0);
+/// Socket-level translations (see `dataplane_common::sock`). LRU: an evicted entry costs a
+/// socket its backend stickiness or the service address in `getpeername()`, never traffic.
+#[map(name = "SK_SOCK_V1")]
+pub static SOCK: LruHashMap<SockKey, SockValue> = LruHashMap::with_max_entries(SOCK_MAX, 0);

@@ -27,6 +27,7 @@
 
 mod bed;
 mod bpffs;
+mod cgroup;
 mod net;
 mod netns;
 mod process;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 
 pub use bed::{Pod, TestBed, NAME_PREFIX, UPLINK};
 pub use bpffs::PrivateBpffs;
+pub use cgroup::{run_probe, ProbeMode, ProbeOutcome, TestCgroup};
 pub use net::{
     tcp_connect_once, tcp_echo_server, tcp_round, tcp_server, udp_request, udp_round, udp_server,
     EchoStats, LongLivedClient, Server, Tally,

@@ -8,7 +8,8 @@ use aya::{
     Ebpf,
 };
 use dataplane_common::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOURCE_RANGES, STATS},
+    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS},
+    sock::{SockKey, SockValue},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
     SourceRangeKey,
 };
@@ -25,6 +26,8 @@ pub struct Maps {
     pub service_nets: LpmTrie<MapData, [u8; 16], u32>,
     /// `loadBalancerSourceRanges` by range-set id.
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    /// Socket-level translations (`dataplane_common::sock`).
+    pub sock: HashMap<MapData, SockKey, SockValue>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
@@ -51,6 +54,7 @@ impl Maps {
             stats: typed(STATS, take(ebpf, STATS)?)?,
             service_nets: typed(SERVICE_NETS, take(ebpf, SERVICE_NETS)?)?,
             source_ranges: typed(SOURCE_RANGES, take(ebpf, SOURCE_RANGES)?)?,
+            sock: typed(SOCK, take(ebpf, SOCK)?)?,
         })
     }
 

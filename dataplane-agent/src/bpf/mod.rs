@@ -6,6 +6,7 @@ pub mod attach;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod socklb;
 pub mod testrun;
 pub mod writer;
 

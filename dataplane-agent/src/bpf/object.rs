@@ -1,19 +1,19 @@
 //! The embedded eBPF object and loading it into the kernel.
 
 use aya::{
-    programs::{SchedClassifier, Xdp},
+    programs::{CgroupSockAddr, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
 
 use dataplane_common::maps::{
-    AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOURCE_RANGES, STATS,
+    AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS,
 };
 
-use super::{maps::Maps, pins::PinDir};
+use super::{maps::Maps, pins::PinDir, socklb::SOCK_PROGRAMS};
 
 /// Maps whose contents must survive an agent restart (the per-CPU scratch map need not).
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 8] = [
     SERVICES,
     BACKENDS,
     CONNTRACK,
@@ -21,6 +21,7 @@ pub const PINNED_MAPS: [&str; 7] = [
     STATS,
     SERVICE_NETS,
     SOURCE_RANGES,
+    SOCK,
 ];
 
 /// The eBPF object built by build.rs from `dataplane-ebpf` (empty with AYA_BUILD_SKIP).
@@ -31,6 +32,11 @@ pub const PROG_TC_POD: &str = "skiff_tc_pod";
 /// XDP on the node's external interfaces.
 pub const PROG_XDP_EXT: &str = "skiff_xdp_ext";
 pub const PROGRAMS: [&str; 2] = [PROG_TC_POD, PROG_XDP_EXT];
+
+/// Every program of the object: the packet programs and the socket-level ones.
+pub fn all_programs() -> impl Iterator<Item = &'static str> {
+    PROGRAMS.into_iter().chain(SOCK_PROGRAMS)
+}
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -78,13 +84,14 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in PROGRAMS {
+        for name in all_programs() {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(LoadError::MissingProgram(name))?;
             let res = match prog {
                 aya::programs::Program::SchedClassifier(p) => p.load(),
                 aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
                 _ => return Err(LoadError::MissingProgram(name)),
             };
             res.map_err(|source| LoadError::Program { name, source })?;
@@ -107,15 +114,23 @@ impl Datapath {
         }
     }
 
+    /// A socket-level program (one of `SOCK_PROGRAMS`).
+    pub fn sock_program(&mut self, name: &'static str) -> Option<&mut CgroupSockAddr> {
+        match self.ebpf.program_mut(name) {
+            Some(aya::programs::Program::CgroupSockAddr(p)) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Instructions the verifier processed for each program (kernel >= 5.16).
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
-        PROGRAMS
-            .iter()
-            .map(|&name| {
+        all_programs()
+            .map(|name| {
                 let count = self.ebpf.program(name).and_then(|p| {
                     let info = match p {
                         aya::programs::Program::SchedClassifier(p) => p.info().ok(),
                         aya::programs::Program::Xdp(p) => p.info().ok(),
+                        aya::programs::Program::CgroupSockAddr(p) => p.info().ok(),
                         _ => None,
                     };
                     info.and_then(|i| i.verified_instruction_count())
