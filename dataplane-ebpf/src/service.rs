@@ -7,7 +7,7 @@ use crate::{
     conntrack,
     ctx::Packet,
     lb, nat,
-    parse::{self, Parsed},
+    parse::{self, Flow, Parsed},
 };
 
 #[inline(always)]
@@ -16,9 +16,17 @@ pub fn handle<C: Packet>(ctx: &C) -> Reason {
         Ok(Parsed::Flow(f)) => f,
         Ok(Parsed::NotIp) => return Reason::PassNotIp,
         Ok(Parsed::Fragment) => return Reason::PassFragment,
-        Ok(Parsed::Other) => return Reason::PassOtherProto,
+        Ok(Parsed::Other(_)) => return Reason::PassOtherProto,
         Err(r) => return r,
     };
+    translate(ctx, &flow)
+}
+
+/// The service pipeline for a parsed TCP/UDP/SCTP flow. The from-pod hook parses first
+/// itself, so that NetworkPolicy checks the same flow afterwards.
+#[inline(always)]
+pub fn translate<C: Packet>(ctx: &C, flow: &Flow) -> Reason {
+    let flow = *flow;
     let now = conntrack::now();
 
     if let Some(ct) = conntrack::lookup(&flow, now) {

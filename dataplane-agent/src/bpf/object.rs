@@ -18,9 +18,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk
 
 /// TC ingress on the host side of pods' veths.
 pub const PROG_TC_POD: &str = "skiff_tc_pod";
+/// TC egress on the host side of pods' veths (packets going into the pod): ingress policy.
+pub const PROG_TC_TO_POD: &str = "skiff_tc_to_pod";
 /// XDP on the node's external interfaces.
 pub const PROG_XDP_EXT: &str = "skiff_xdp_ext";
-pub const PROGRAMS: [&str; 2] = [PROG_TC_POD, PROG_XDP_EXT];
+pub const PROGRAMS: [&str; 3] = [PROG_TC_POD, PROG_TC_TO_POD, PROG_XDP_EXT];
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -85,6 +87,13 @@ impl Datapath {
 
     pub fn tc_pod(&mut self) -> &mut SchedClassifier {
         match self.ebpf.program_mut(PROG_TC_POD) {
+            Some(aya::programs::Program::SchedClassifier(p)) => p,
+            _ => unreachable!("checked at load"),
+        }
+    }
+
+    pub fn tc_to_pod(&mut self) -> &mut SchedClassifier {
+        match self.ebpf.program_mut(PROG_TC_TO_POD) {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("checked at load"),
         }
