@@ -6,12 +6,28 @@ use aya::{
 };
 use thiserror::Error;
 
-use dataplane_common::maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, STATS};
+use dataplane_common::maps::{
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, POLICY_CONNTRACK, POLICY_ENDPOINTS, POLICY_EVENTS,
+    POLICY_IDENTITIES, POLICY_RULES, SERVICES, STATS,
+};
 
 use super::{maps::Maps, pins::PinDir};
 
-/// Maps whose contents must survive an agent restart (the per-CPU scratch map need not).
-pub const PINNED_MAPS: [&str; 5] = [SERVICES, BACKENDS, CONNTRACK, AFFINITY, STATS];
+/// Maps whose contents must survive an agent restart (the per-CPU scratch maps need not).
+/// The policy events ring is pinned so that `skiff observe` can open it.
+pub const PINNED_MAPS: [&str; 11] = [
+    SERVICES,
+    BACKENDS,
+    CONNTRACK,
+    AFFINITY,
+    STATS,
+    POLICY_ENDPOINTS,
+    POLICY_IDENTITIES,
+    POLICY_RULES,
+    POLICY_CONNTRACK,
+    POLICY_EVENTS,
+    CONFIG,
+];
 
 /// The eBPF object built by build.rs from `dataplane-ebpf` (empty with AYA_BUILD_SKIP).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skiff"));
