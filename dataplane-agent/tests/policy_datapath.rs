@@ -820,3 +820,89 @@ fn policy_state_and_events_are_pinned_for_observe_and_restarts() {
     assert!(stream.next().is_none());
     drop(dp);
 }
+
+/// An ICMP error from `src` to `dst` (type and code as given) quoting the IP header and the
+/// first 8 transport bytes of `quoted`. Checksums are not recomputed: the programs do not
+/// check them.
+fn icmp_error(src: &str, dst: &str, ty: u8, code: u8, quoted: &FlowSpec) -> Vec<u8> {
+    let inner = packet::build_frame(quoted).unwrap();
+    let hdr = if quoted.src.is_ipv4() { 20 } else { 40 };
+    let quote = inner[14..14 + hdr + 8].to_vec();
+    let proto = if quoted.src.is_ipv4() {
+        L4Proto::Icmp
+    } else {
+        L4Proto::Icmpv6
+    };
+    let outer = FlowSpec::new(proto, ip(src), 0, ip(dst), 0).with_payload(quote);
+    let mut frame = packet::build_frame(&outer).unwrap();
+    frame[14 + hdr] = ty;
+    frame[14 + hdr + 1] = code;
+    frame
+}
+
+#[track_caller]
+fn expect_frame(dp: &mut Datapath, hook: Hook, frame: &[u8], want: Reason) {
+    let out = testrun::run(dp, hook, frame).unwrap();
+    assert_eq!(out.reason, Some(want), "{hook:?}");
+    assert_eq!(out.dropped, want.is_drop(), "{hook:?}: verdict of {want:?}");
+}
+
+#[test]
+fn icmp_errors_about_an_allowed_connection_pass_like_its_replies() {
+    let mut dp = two_isolated_pods();
+    rule(&mut dp, EP_A, ID_B, PROTO_UDP, DIR_EGRESS, &[(53, 53)]);
+    rule(&mut dp, EP_B, ID_A, PROTO_UDP, DIR_INGRESS, &[(53, 53)]);
+    let syn = tcp(A, 40_000, B, 80, TCP_SYN);
+    expect(&mut dp, Hook::TcPod, &syn, EGRESS_PASS);
+    expect(&mut dp, Hook::TcToPod, &syn, Reason::PassPolicyAllowed);
+    // A router on the way says the path MTU is smaller ("fragmentation needed").
+    let too_big = icmp_error(WORLD, A, 3, 4, &syn);
+    expect_frame(&mut dp, Hook::TcToPod, &too_big, Reason::PassPolicyTracked);
+    // An error quoting a connection that was never allowed is an ICMP packet like any
+    // other: A allows no ICMP in.
+    let unrelated = icmp_error(WORLD, A, 3, 4, &tcp(A, 40_001, B, 80, TCP_SYN));
+    expect_frame(
+        &mut dp,
+        Hook::TcToPod,
+        &unrelated,
+        Reason::DropPolicyIngress,
+    );
+    // ... and so is one quoting another pod's connection.
+    let not_mine = icmp_error(WORLD, A, 3, 4, &tcp(REMOTE, 40_000, B, 80, TCP_SYN));
+    expect_frame(&mut dp, Hook::TcToPod, &not_mine, Reason::DropPolicyIngress);
+    // B has no socket on UDP 53: its "port unreachable" leaves B (which allows no egress)
+    // and reaches A (which allows no ICMP in).
+    let query = flow(L4Proto::Udp, A, 5_353, B, 53, 0);
+    expect(&mut dp, Hook::TcPod, &query, EGRESS_PASS);
+    expect(&mut dp, Hook::TcToPod, &query, Reason::PassPolicyAllowed);
+    let unreachable = icmp_error(B, A, 3, 3, &query);
+    expect_frame(&mut dp, Hook::TcPod, &unreachable, Reason::PassOtherProto);
+    expect_frame(
+        &mut dp,
+        Hook::TcToPod,
+        &unreachable,
+        Reason::PassPolicyTracked,
+    );
+    // An ICMP echo is not an error: still denied.
+    let ping = FlowSpec::new(L4Proto::Icmp, ip(B), 1, ip(A), 1);
+    expect(&mut dp, Hook::TcPod, &ping, Reason::DropPolicyEgress);
+}
+
+#[test]
+fn icmpv6_packet_too_big_about_an_allowed_connection_passes() {
+    let (a6, b6) = ("fd00:244:1::5", "fd00:244:1::11");
+    let mut dp = load();
+    let both = EP_F_INGRESS_ISOLATED | EP_F_EGRESS_ISOLATED;
+    endpoint(&mut dp, a6, EP_A, both);
+    identity(&mut dp, &format!("{b6}/128"), ID_B);
+    rule(&mut dp, EP_A, ID_B, PROTO_TCP, DIR_EGRESS, &[(443, 443)]);
+    let syn = tcp(a6, 40_000, b6, 443, TCP_SYN);
+    expect(&mut dp, Hook::TcPod, &syn, EGRESS_PASS);
+    let too_big = icmp_error("2001:db8::1", a6, 2, 0, &syn);
+    expect_frame(&mut dp, Hook::TcToPod, &too_big, Reason::PassPolicyTracked);
+    let other = icmp_error("2001:db8::1", a6, 2, 0, &tcp(a6, 40_001, b6, 443, TCP_SYN));
+    expect_frame(&mut dp, Hook::TcToPod, &other, Reason::DropPolicyIngress);
+    // A truncated quote is no proof of anything.
+    let cut = &too_big[..too_big.len() - 6];
+    expect_frame(&mut dp, Hook::TcToPod, cut, Reason::DropPolicyIngress);
+}

@@ -18,6 +18,7 @@ mod nat;
 mod parse;
 mod policy;
 mod policy_ct;
+mod policy_icmp;
 mod service;
 mod stats;
 mod tc_pod;

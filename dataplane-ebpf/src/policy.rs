@@ -14,8 +14,8 @@
 //!
 //! Not checked: non-first fragments (no transport header to match; the first fragment, which
 //! carries it, is checked, and the receiver cannot reassemble a datagram without it), and
-//! IPv6 neighbour discovery and MLD (link-local control messages IPv6 needs to work at all;
-//! Calico and Cilium let them through too).
+//! IPv6 neighbour discovery and MLD; ICMP errors about an allowed connection pass like its
+//! replies (`policy_icmp`).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_common::{
@@ -24,7 +24,7 @@ use dataplane_common::{
         EP_F_INGRESS_ISOLATED, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, POL_F_ALL_PORTS,
         POL_MAX_RANGES, POL_PROTO_ANY, VERDICT_ALLOW, VERDICT_DROP,
     },
-    CtKey, Reason, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    CtKey, Reason, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -34,6 +34,7 @@ use crate::{
     maps::{POLICY_ENDPOINTS, POLICY_IDENTITIES, POLICY_RULES, POLICY_SCRATCH},
     parse::Flow,
     policy_ct::{self, Forward},
+    policy_icmp::{self, Icmp, MAX_L4_OFF},
 };
 
 /// Per-CPU working space. The from-pod hook's stack is nearly full with the service pipeline,
@@ -57,6 +58,8 @@ struct Keys {
     ct: CtKey,
     lpm: Key<IpKey>,
     rule: PolicyKey,
+    /// The packet an ICMP error quotes.
+    quoted: Flow,
 }
 
 /// The scratch space, or `None`, which cannot happen (a per-CPU array's index 0 always
@@ -157,10 +160,17 @@ fn enforce<C: Packet>(ctx: &C, t: &Flow, dir: u8, k: &mut Keys) -> Option<Reason
         (&t.dst, &t.src)
     };
     let ep = endpoint(local)?;
-    if exempt(ctx, t) {
-        return Some(Reason::PassPolicyNone);
-    }
     let now = conntrack::now();
+    match policy_icmp::classify(ctx, t) {
+        Icmp::Exempt => return Some(Reason::PassPolicyNone),
+        Icmp::Error
+            if policy_icmp::quoted(ctx, t, &mut k.quoted)
+                && related(&k.quoted, local, dir, &mut k.ct, now) =>
+        {
+            return Some(Reason::PassPolicyTracked);
+        }
+        _ => {}
+    }
     let fwd = policy_ct::forward(t, &mut k.ct, now);
     if let Forward::Live(flags) = fwd {
         if flags & policy_ct::flag(dir) != 0 {
@@ -208,6 +218,27 @@ fn enforce<C: Packet>(ctx: &C, t: &Flow, dir: u8, k: &mut Keys) -> Option<Reason
     Some(reason)
 }
 
+/// Whether an ICMP error about packet `q` belongs to a connection the local pod's policy
+/// allowed: `q` is the pod's own packet (its sender at the to-pod hook, its receiver at the
+/// from-pod hook), and tracked as such at the pod's hook of the other direction.
+#[inline(always)]
+fn related(q: &Flow, local: &[u8; 16], dir: u8, ct: &mut CtKey, now: u64) -> bool {
+    let (mine, qdir) = if dir == DIR_INGRESS {
+        (&q.src, DIR_EGRESS)
+    } else {
+        (&q.dst, DIR_INGRESS)
+    };
+    if mine != local {
+        return false;
+    }
+    if let Forward::Live(flags) = policy_ct::forward(q, ct, now) {
+        if flags & policy_ct::flag(qdir) != 0 {
+            return true;
+        }
+    }
+    policy_ct::is_reply(q, qdir, ct, now)
+}
+
 #[inline(always)]
 fn endpoint(addr: &[u8; 16]) -> Option<Endpoint> {
     // SAFETY: `IpKey` is `#[repr(C)]` around one `[u8; 16]`: same layout, no copy needed.
@@ -223,27 +254,6 @@ fn identity(addr: &[u8; 16], slot: &mut Key<IpKey>) -> u32 {
         .get(&*slot)
         .copied()
         .unwrap_or(IDENTITY_WORLD)
-}
-
-/// Beyond any transport header `parse` finds: Ethernet, IPv6, four extension headers of at
-/// most 2,048 bytes each.
-const MAX_L4_OFF: usize = 14 + 40 + 4 * 2048;
-
-/// Packets policy does not apply to: IPv6 neighbour discovery (router and neighbour
-/// solicitation and advertisement, redirect) and multicast listener discovery.
-#[inline(always)]
-fn exempt<C: Packet>(ctx: &C, t: &Flow) -> bool {
-    // The offset may come from the scratch map, where the verifier no longer knows its
-    // bounds: bound it again before packet arithmetic.
-    if t.proto != PROTO_ICMPV6 || t.l4_off > MAX_L4_OFF {
-        return false;
-    }
-    // Type, code and checksum (every ICMPv6 message has them): a 1-byte load at a variable
-    // offset compiles to a bounds check the verifier cannot use.
-    matches!(
-        load::<C, [u8; 4]>(ctx, t.l4_off),
-        Some([130..=137 | 143, ..])
-    )
 }
 
 /// Whether a rule of endpoint `ep` allows `t` for `dir` with the remote `identity`: the
