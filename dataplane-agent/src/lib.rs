@@ -10,6 +10,7 @@ pub mod kube_source;
 pub mod manifests;
 pub mod metrics;
 pub mod model;
+pub mod observe;
 pub mod packet;
 pub mod policy;
 pub mod run;

@@ -15,12 +15,14 @@ use dataplane_common::maps::{
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::bpf::{attach, pins::PinDir, writer::Writer, Datapath};
+use crate::bpf::{attach, pins::PinDir, policy_writer::PolicyWriter, writer::Writer, Datapath};
 use crate::config::NodeConfig;
 use crate::kube_source::{KubeOptions, KubeSource};
 use crate::manifests::{DirWatcher, ManifestStore};
 use crate::metrics::Metrics;
 use crate::model::ClusterState;
+use crate::observe::PodNames;
+use crate::policy::{compile_model, CompiledPolicy, PolicyModel};
 use crate::status::{self, AgentStatus};
 use crate::translate::translate;
 
@@ -144,6 +146,12 @@ struct Agent {
     attachments: attach::Attachments,
     /// healthCheckNodePort servers of eTP=Local LoadBalancer services.
     health_checks: crate::healthcheck::HealthChecks,
+    policy_writer: PolicyWriter,
+    /// The last compiled policy: keeps endpoint and identity numbers stable across syncs.
+    policy: Option<CompiledPolicy>,
+    /// Pod names last written for `skiff observe`.
+    pod_names: Option<PodNames>,
+    state_dir: Option<PathBuf>,
 }
 
 impl Agent {
@@ -159,6 +167,7 @@ impl Agent {
             .config
             .clone()
             .with_node_ips(node_ips(&update.state, &self.config.node_name));
+        self.apply_policy(&update.state, &config);
         let desired = translate(&update.state, &config);
         match self.writer.sync(&mut self.dp.maps, &desired) {
             Ok(report) => {
@@ -186,6 +195,43 @@ impl Agent {
         }
         self.refresh_map_usage();
         self.write_status();
+    }
+
+    /// Compile the NetworkPolicies and apply the difference to the policy maps.
+    fn apply_policy(&mut self, state: &ClusterState, config: &NodeConfig) {
+        let started = Instant::now();
+        let model = PolicyModel::new(state, config);
+        let compiled = compile_model(&model, self.policy.as_ref());
+        for e in &compiled.errors {
+            warn!("network policy: {e}");
+        }
+        match self.policy_writer.sync(&mut self.dp.maps, &compiled.maps) {
+            Ok(report) => info!(
+                endpoints = report.endpoints,
+                identities = report.identities,
+                rules = report.rules,
+                changes = report.ops,
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                "policy synced"
+            ),
+            // The maps keep a consistent mix; the mirror knows what they hold, and the next
+            // sync retries the rest.
+            Err(e) => {
+                error!("policy sync failed: {e}");
+                self.metrics.sync_failed();
+            }
+        }
+        if let Some(dir) = &self.state_dir {
+            let names = PodNames::new(&model, &compiled);
+            if self.pod_names.as_ref() != Some(&names) {
+                let path = PodNames::path(dir);
+                match names.write_atomic(&path) {
+                    Ok(()) => self.pod_names = Some(names),
+                    Err(e) => warn!("writing {}: {e}", path.display()),
+                }
+            }
+        }
+        self.policy = Some(compiled);
     }
 
     fn attach_pods(&mut self) {
@@ -304,6 +350,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         info!(program = name, verified_insns = insns, "program loaded");
     }
     let writer = Writer::new(&dp.maps).context("reading the maps")?;
+    let policy_writer = PolicyWriter::new(&dp.maps).context("reading the policy maps")?;
     let mut source = Source::open(source).await?;
     let pin_dir = pins.clone();
     let mut agent = Agent {
@@ -315,6 +362,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         attachments: attach::Attachments::new(pins),
         config,
         health_checks: Default::default(),
+        policy_writer,
+        policy: None,
+        pod_names: None,
+        state_dir: state_dir.clone(),
     };
 
     // Program the maps from the first full state before any program is (re)attached: a

@@ -7,6 +7,7 @@ pub mod events;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod policy_writer;
 pub mod socklb;
 pub mod testrun;
 pub mod writer;
