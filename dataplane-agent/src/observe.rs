@@ -181,6 +181,17 @@ fn matches(l: &EventLine, pod: Option<&str>) -> bool {
     pod.is_none_or(|p| l.src_pod == Some(p) || l.dst_pod == Some(p) || l.endpoint == Some(p))
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which stamps events.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -235,6 +246,8 @@ pub fn observe(
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    // The ring keeps what nobody read (up to its size): show only what happens from now on.
+    let since_ns = monotonic_ns();
     let names_path = PodNames::path(&opts.state_dir);
     let mut names = PodNames::read(&names_path).unwrap_or_default();
     let mut names_read = Instant::now();
@@ -256,6 +269,9 @@ pub fn observe(
             let Some(e) = VerdictEvent::from_raw(&raw) else {
                 continue;
             };
+            if e.ts_ns < since_ns {
+                continue;
+            }
             let line = event_line(&e, &names);
             if !opts.verdict.wants(e.allowed) || !matches(&line, opts.pod.as_deref()) {
                 continue;

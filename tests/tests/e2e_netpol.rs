@@ -197,6 +197,8 @@ impl Cluster {
             "100".into(),
             "--bpffs".into(),
             bpffs.pin_dir().into(),
+            "--state-dir".into(),
+            scratch.0.join("state").into(),
         ];
         let agent = bed.spawn(bed.node(), skiff_bin().into_os_string(), &args)?;
         wait_attached(&bpffs.pin_dir().join("links"), 2 * pods.len())?;
@@ -209,6 +211,19 @@ impl Cluster {
             _bpffs: bpffs,
             scratch,
         })
+    }
+
+    /// Run `skiff observe ARGS` against this cluster's agent until it exits by itself.
+    fn observe(&self, args: &[&str]) -> Result<std::process::Child> {
+        Ok(std::process::Command::new(skiff_bin())
+            .arg("observe")
+            .arg("--bpffs")
+            .arg(self._bpffs.pin_dir())
+            .arg("--state-dir")
+            .arg(self.scratch.0.join("state"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()?)
     }
 
     fn pod(&self, peer: Peer) -> &Pod {
@@ -521,6 +536,65 @@ fn netpol_established_connections_survive_a_new_deny_policy() -> Result<()> {
         assert!(!stats.connection_lost, "{what}: {stats:?}");
         assert!(stats.ok > 10, "{what}: too few echoes: {stats:?}");
     }
+    Ok(())
+}
+
+/// `skiff observe` streams the datapath's verdicts with pod names: drops by default, allowed
+/// connections when asked for (and only then).
+#[test]
+fn netpol_observe_reports_drops_and_allows_with_pod_names() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let c = Cluster::start()?;
+    let (x_a, y_a, y_b) = (
+        Peer { ns: "x", pod: "a" },
+        Peer { ns: "y", pod: "a" },
+        Peer { ns: "y", pod: "b" },
+    );
+    c.set_policies(&policy(
+        "x",
+        "only-from-y-b",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]\n",
+    ))?;
+    c.assert_matrix("x/a: only from y/b", |p| {
+        self_or(p, p.to != x_a || p.from == y_b)
+    })?;
+
+    let run = |args: &[&str], from: Peer| -> Result<serde_json::Value> {
+        let mut observer = c.observe(args)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        // Probe until the observer has printed its event and exited.
+        while observer.try_wait()?.is_none() {
+            assert!(Instant::now() < deadline, "skiff observe printed nothing");
+            let _ = c.probe(Probe {
+                from,
+                to: x_a,
+                port: 80,
+                proto: Proto::Tcp,
+            });
+        }
+        let out = observer.wait_with_output()?;
+        assert!(out.status.success(), "skiff observe: {:?}", out.status);
+        let text = String::from_utf8(out.stdout)?;
+        let line = text.lines().next().unwrap_or_default();
+        Ok(serde_json::from_str(line)?)
+    };
+    let args = ["--count", "1", "--json", "--seconds", "15", "--pod", "x/a"];
+    let dropped = run(&args, y_a)?;
+    assert_eq!(dropped["verdict"], "DROPPED", "{dropped}");
+    assert_eq!(dropped["direction"], "ingress", "{dropped}");
+    assert_eq!(dropped["src_pod"], "y/a", "{dropped}");
+    assert_eq!(dropped["dst_pod"], "x/a", "{dropped}");
+    assert_eq!(dropped["endpoint"], "x/a", "{dropped}");
+    assert_eq!(dropped["dport"], 80, "{dropped}");
+    assert_eq!(dropped["reason"], "policy_denied_ingress", "{dropped}");
+
+    let mut with_allowed = args.to_vec();
+    with_allowed.extend(["--verdict", "allowed"]);
+    let allowed = run(&with_allowed, y_b)?;
+    assert_eq!(allowed["verdict"], "ALLOWED", "{allowed}");
+    assert_eq!(allowed["src_pod"], "y/b", "{allowed}");
+    assert_eq!(allowed["dst_pod"], "x/a", "{allowed}");
     Ok(())
 }
 
