@@ -65,6 +65,9 @@ pub enum Reason {
     /// Socket level: `connect()`/`sendmsg()` to a service port without endpoints refused
     /// with ECONNREFUSED (what kube-proxy's REJECT gives a local client).
     DropSockNoEndpoints = 48,
+    /// A Maglev frontend's lookup table entry is missing (the agent writes tables before the
+    /// masters that name them, so this means a bug or a table map that is full).
+    DropMaglevTable = 52,
 }
 
 /// First drop reason.
@@ -74,7 +77,7 @@ pub const REJECT_FIRST: u32 = 16;
 pub const REJECT_LAST: u32 = 23;
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -101,6 +104,7 @@ impl Reason {
         Reason::DropNoLocalEndpoints,
         Reason::DropSourceRange,
         Reason::DropSockNoEndpoints,
+        Reason::DropMaglevTable,
     ];
 
     #[inline(always)]
@@ -150,6 +154,7 @@ impl Reason {
             Reason::DropNoLocalEndpoints => "no_local_endpoints",
             Reason::DropSourceRange => "source_range",
             Reason::DropSockNoEndpoints => "sock_no_endpoints",
+            Reason::DropMaglevTable => "maglev_table_missing",
         }
     }
 
@@ -221,6 +226,9 @@ impl Reason {
                 "local socket to a service port without endpoints: connect()/sendmsg() \
                  refused with ECONNREFUSED"
             }
+            Reason::DropMaglevTable => {
+                "Maglev service whose lookup table entry is missing: dropped"
+            }
         }
     }
 }
@@ -234,7 +242,7 @@ mod tests {
     #[test]
     fn drops_are_exactly_the_drop_variants() {
         let drops: std::vec::Vec<_> = Reason::ALL.iter().filter(|r| r.is_drop()).collect();
-        assert_eq!(drops.len(), 12);
+        assert_eq!(drops.len(), 13);
         assert!(drops.iter().all(|r| format!("{r:?}").starts_with("Drop")));
     }
 

@@ -12,6 +12,7 @@ mod checksum;
 mod conntrack;
 mod ctx;
 mod lb;
+mod maglev;
 mod maps;
 mod nat;
 mod parse;

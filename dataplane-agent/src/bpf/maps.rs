@@ -8,7 +8,10 @@ use aya::{
     Ebpf,
 };
 use dataplane_common::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS},
+    maglev::{MaglevChunk, MaglevKey},
+    maps::{
+        AFFINITY, BACKENDS, CONNTRACK, MAGLEV, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS,
+    },
     sock::{SockKey, SockValue},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
     SourceRangeKey,
@@ -28,6 +31,8 @@ pub struct Maps {
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// Socket-level translations (`dataplane_common::sock`).
     pub sock: HashMap<MapData, SockKey, SockValue>,
+    /// Maglev lookup tables in chunks (`dataplane_common::maglev`).
+    pub maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
@@ -55,6 +60,7 @@ impl Maps {
             service_nets: typed(SERVICE_NETS, take(ebpf, SERVICE_NETS)?)?,
             source_ranges: typed(SOURCE_RANGES, take(ebpf, SOURCE_RANGES)?)?,
             sock: typed(SOCK, take(ebpf, SOCK)?)?,
+            maglev: typed(MAGLEV, take(ebpf, MAGLEV)?)?,
         })
     }
 
@@ -64,6 +70,10 @@ impl Maps {
 
     pub fn read_backends(&self) -> Result<BTreeMap<u32, Backend>, MapError> {
         self.backends.iter().collect()
+    }
+
+    pub fn read_maglev(&self) -> Result<BTreeMap<MaglevKey, MaglevChunk>, MapError> {
+        self.maglev.iter().collect()
     }
 
     pub fn read_service_nets(&self) -> Result<BTreeMap<(u32, [u8; 16]), u32>, MapError> {

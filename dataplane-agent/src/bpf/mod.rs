@@ -3,6 +3,7 @@
 
 pub mod abi;
 pub mod attach;
+pub mod maglev_tables;
 pub mod maps;
 pub mod object;
 pub mod pins;

@@ -7,13 +7,13 @@ use aya::{
 use thiserror::Error;
 
 use dataplane_common::maps::{
-    AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS,
+    AFFINITY, BACKENDS, CONNTRACK, MAGLEV, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS,
 };
 
 use super::{maps::Maps, pins::PinDir, socklb::SOCK_PROGRAMS};
 
 /// Maps whose contents must survive an agent restart (the per-CPU scratch map need not).
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     SERVICES,
     BACKENDS,
     CONNTRACK,
@@ -22,6 +22,7 @@ pub const PINNED_MAPS: [&str; 8] = [
     SERVICE_NETS,
     SOURCE_RANGES,
     SOCK,
+    MAGLEV,
 ];
 
 /// The eBPF object built by build.rs from `dataplane-ebpf` (empty with AYA_BUILD_SKIP).

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::MapError;
 use dataplane_common::{
+    maglev::{MaglevChunk, MaglevKey},
     Backend, ServiceKey, ServiceValue, SourceRangeKey, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_NONE,
+    SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_NONE,
     SVC_F_SOURCE_RANGES,
 };
 use thiserror::Error;
 
-use super::{abi, maps::Maps};
+use super::{abi, maglev_tables::Tables, maps::Maps};
 use crate::desired::{DesiredState, Frontend};
 
 /// What the service maps hold (or should hold).
@@ -26,6 +27,8 @@ pub struct MapContents {
     pub service_nets: BTreeMap<NetPrefix, u32>,
     /// Source ranges: (prefix length in bits, key) -> 1.
     pub source_ranges: BTreeMap<RangePrefix, u32>,
+    /// Maglev lookup tables, in chunks (see `maglev_tables`).
+    pub maglev: BTreeMap<MaglevKey, MaglevChunk>,
 }
 
 /// An LPM entry of the source ranges map.
@@ -45,6 +48,8 @@ pub enum Op {
     DelNet(NetPrefix),
     PutRange(RangePrefix),
     DelRange(RangePrefix),
+    PutMaglev(MaglevKey, Box<MaglevChunk>),
+    DelMaglev(MaglevKey),
 }
 
 /// Render the desired state into map contents. Backend ids are kept from `current` for
@@ -58,6 +63,7 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
     let mut out = MapContents::default();
     let mut assigned: HashMap<Backend, u32> = HashMap::new();
     let range_ids = source_range_ids(desired, current);
+    let mut tables = Tables::new(&current.maglev);
 
     let scoped = desired
         .frontends
@@ -78,8 +84,30 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
         );
     for (fe, scope, backends, drop_when_empty) in scoped {
         let count = u16::try_from(backends.len()).unwrap_or(u16::MAX);
+        let backends = &backends[..count as usize];
+        let ids: Vec<u32> = backends
+            .iter()
+            .map(|be| {
+                let be = abi::backend(be);
+                let id = *assigned.entry(be).or_insert_with(|| {
+                    existing.get(&be).copied().unwrap_or_else(|| {
+                        while used.contains(&next_id) {
+                            next_id += 1;
+                        }
+                        next_id += 1;
+                        next_id - 1
+                    })
+                });
+                out.backends.insert(id, be);
+                id
+            })
+            .collect();
         let affinity = desired.session_affinity.get(fe).copied();
         let range_id = range_ids.get(fe).copied();
+        let maglev = desired.maglev.get(fe).and_then(|m| {
+            let table = tables.table(fe, *m, backends, &ids, &mut out.maglev)?;
+            Some((table, *m))
+        });
         let mut flags = SVC_F_NONE;
         if affinity.is_some() {
             flags |= SVC_F_AFFINITY;
@@ -90,6 +118,10 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
         if range_id.is_some() {
             flags |= SVC_F_SOURCE_RANGES;
         }
+        if maglev.is_some() {
+            flags |= SVC_F_MAGLEV;
+        }
+        let (maglev_table, maglev_size) = maglev.unwrap_or((0, 0));
         out.services.insert(
             abi::service_key_scoped(fe, 0, scope),
             ServiceValue {
@@ -97,27 +129,20 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
                 count,
                 flags,
                 affinity_timeout_s: affinity.unwrap_or(0),
+                maglev_table,
+                maglev_size,
             },
         );
-        for (i, be) in backends.iter().take(count as usize).enumerate() {
-            let be = abi::backend(be);
-            let id = *assigned.entry(be).or_insert_with(|| {
-                existing.get(&be).copied().unwrap_or_else(|| {
-                    while used.contains(&next_id) {
-                        next_id += 1;
-                    }
-                    next_id += 1;
-                    next_id - 1
-                })
-            });
-            out.backends.insert(id, be);
+        for (i, id) in ids.iter().enumerate() {
             out.services.insert(
                 abi::service_key_scoped(fe, i as u16 + 1, scope),
                 ServiceValue {
-                    backend_id: id,
+                    backend_id: *id,
                     count: 0,
                     flags: SVC_F_NONE,
                     affinity_timeout_s: 0,
+                    maglev_table: 0,
+                    maglev_size: 0,
                 },
             );
         }
@@ -189,8 +214,9 @@ fn source_range_ids(desired: &DesiredState, current: &MapContents) -> BTreeMap<F
 
 /// The operations that turn `current` into `desired`, ordered so that every intermediate
 /// state is consistent for the datapath:
-/// 1. new backends, 2. backend slots, 3. master entries (counts), 4. removed masters,
-/// 5. removed slots, 6. backends nothing points at any more.
+/// 1. new backends, 2. new Maglev tables, 3. backend slots, 4. master entries (counts,
+/// table ids), 5. removed masters, 6. removed slots, 7. tables no master names any more,
+/// 8. backends nothing points at any more.
 pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     let mut ops = Vec::new();
     // Source ranges before the masters that point at them, removed after.
@@ -202,6 +228,12 @@ pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     for (id, be) in &desired.backends {
         if current.backends.get(id) != Some(be) {
             ops.push(Op::PutBackend(*id, *be));
+        }
+    }
+    // Maglev tables after the backends they name, before the masters that name them.
+    for (k, v) in &desired.maglev {
+        if current.maglev.get(k) != Some(v) {
+            ops.push(Op::PutMaglev(*k, Box::new(*v)));
         }
     }
     let changed = desired
@@ -218,6 +250,11 @@ pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     let (masters, slots): (Vec<&ServiceKey>, Vec<&ServiceKey>) = gone.partition(|k| k.slot == 0);
     ops.extend(masters.into_iter().map(|k| Op::DelService(*k)));
     ops.extend(slots.into_iter().map(|k| Op::DelService(*k)));
+    for k in current.maglev.keys() {
+        if !desired.maglev.contains_key(k) {
+            ops.push(Op::DelMaglev(*k));
+        }
+    }
     for id in current.backends.keys() {
         if !desired.backends.contains_key(id) {
             ops.push(Op::DelBackend(*id));
@@ -290,6 +327,9 @@ impl Writer {
                 source_ranges: maps
                     .read_source_ranges()
                     .map_err(|e| WriteError::Read(Box::new(e)))?,
+                maglev: maps
+                    .read_maglev()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
             },
         })
     }
@@ -326,6 +366,8 @@ impl Writer {
                 Op::DelRange((bits, key)) => {
                     ignore_missing(maps.source_ranges.remove(&LpmKey::new(*bits, *key)))
                 }
+                Op::PutMaglev(k, v) => maps.maglev.insert(k, **v, 0),
+                Op::DelMaglev(k) => ignore_missing(maps.maglev.remove(k)),
             };
             if let Err(source) = res {
                 return Err(WriteError::Apply {
@@ -370,6 +412,12 @@ impl Writer {
             }
             Op::DelRange(k) => {
                 self.current.source_ranges.remove(&k);
+            }
+            Op::PutMaglev(k, v) => {
+                self.current.maglev.insert(k, *v);
+            }
+            Op::DelMaglev(k) => {
+                self.current.maglev.remove(&k);
             }
         }
     }
@@ -448,6 +496,12 @@ mod tests {
                 Op::DelRange(k) => {
                     current.source_ranges.remove(k);
                 }
+                Op::PutMaglev(k, v) => {
+                    current.maglev.insert(*k, **v);
+                }
+                Op::DelMaglev(k) => {
+                    current.maglev.remove(k);
+                }
             }
         }
     }
@@ -468,6 +522,25 @@ mod tests {
                         m.backends.contains_key(&s.backend_id),
                         "step {i}: dangling backend"
                     );
+                }
+                if v.flags & SVC_F_MAGLEV != 0 {
+                    let n = dataplane_common::maglev::chunks(v.maglev_size.into());
+                    for chunk in 0..n {
+                        let key = MaglevKey {
+                            table: v.maglev_table.into(),
+                            chunk,
+                        };
+                        let c = m
+                            .maglev
+                            .get(&key)
+                            .unwrap_or_else(|| panic!("step {i}: missing table chunk {key:?}"));
+                        assert!(
+                            c.ids
+                                .iter()
+                                .all(|id| *id == 0 || m.backends.contains_key(id)),
+                            "step {i}: table names a missing backend"
+                        );
+                    }
                 }
             }
             if i < ops.len() {
