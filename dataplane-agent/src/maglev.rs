@@ -17,6 +17,32 @@ use std::net::SocketAddr;
 
 use crate::desired::BackendAddr;
 
+/// How a service picks the backend of a new connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LbAlgorithm {
+    /// Uniformly at random (kube-proxy's behaviour).
+    #[default]
+    Random,
+    /// Maglev consistent hashing of the 5-tuple: the same backend on every node, few flows
+    /// moved when a backend changes.
+    Maglev,
+}
+
+impl LbAlgorithm {
+    /// The spelling in the node config and the `skiff.io/lb-algorithm` annotation.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "random" => Some(LbAlgorithm::Random),
+            "maglev" => Some(LbAlgorithm::Maglev),
+            _ => None,
+        }
+    }
+}
+
+/// Service annotation choosing the algorithm per service (`maglev` or `random`), over the
+/// node config's `loadBalancing`.
+pub const ANNOTATION_LB_ALGORITHM: &str = "skiff.io/lb-algorithm";
+
 /// Default table size M, as Cilium's: about 100 entries per backend up to 160 backends.
 pub const DEFAULT_TABLE_SIZE: u16 = 16_381;
 /// Largest prime M that fits the master entry's 16-bit `maglev_size`.
@@ -121,7 +147,9 @@ mod tests {
     fn backends(n: usize) -> Vec<BackendAddr> {
         (0..n)
             .map(|i| BackendAddr {
-                addr: format!("10.244.{}.{}", i / 200, i % 200 + 1).parse().unwrap(),
+                addr: format!("10.244.{}.{}", i / 200, i % 200 + 1)
+                    .parse()
+                    .unwrap(),
                 port: 8080,
                 proto: Protocol::Tcp,
             })
@@ -144,7 +172,10 @@ mod tests {
     fn flow_hash_is_murmur3_over_the_ctkey_layout() {
         let key = CtKey {
             src: dataplane_common::v4_mapped([10, 244, 1, 5]),
-            dst: "fd00:96::10".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            dst: "fd00:96::10"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
             sport_be: 40_000u16.to_be(),
             dport_be: 80u16.to_be(),
             proto: dataplane_common::PROTO_TCP,
@@ -186,10 +217,7 @@ mod tests {
             let t = lookup_table(&backends(n), m);
             assert_eq!(t.len(), m as usize);
             let count = shares(&t, n);
-            let (min, max) = (
-                *count.iter().min().unwrap(),
-                *count.iter().max().unwrap(),
-            );
+            let (min, max) = (*count.iter().min().unwrap(), *count.iter().max().unwrap());
             assert!(min >= 1 && max - min <= 1, "n={n} m={m}: {min}..{max}");
         }
         assert!(lookup_table(&[], 251).is_empty());
@@ -218,8 +246,7 @@ mod tests {
         let m = DEFAULT_TABLE_SIZE;
         for n in [10usize, 50] {
             let all = backends(n);
-            let before: Vec<BackendAddr> =
-                lookup_table(&all, m).iter().map(|i| all[*i]).collect();
+            let before: Vec<BackendAddr> = lookup_table(&all, m).iter().map(|i| all[*i]).collect();
             let mut worst_extra = 0f64;
             for gone in 0..n {
                 let rest: Vec<BackendAddr> =
@@ -237,7 +264,8 @@ mod tests {
                 );
             }
             println!(
-                "maglev M={m} N={n}: removing one backend moves 1/N = {:.4} of the entries                  plus at most {worst_extra:.4} (entries of surviving backends)",
+                "maglev M={m} N={n}: removing one backend moves its 1/N = {:.4} of the entries \
+                 plus at most {worst_extra:.4} (entries of surviving backends)",
                 1.0 / n as f64
             );
         }

@@ -777,6 +777,102 @@ mod tests {
     }
 
     #[test]
+    fn maglev_tables_are_shared_written_before_their_masters_and_deleted_after() {
+        let (a, b, c) = (
+            fe("10.96.0.1", 80),
+            fe("192.0.2.1", 30080),
+            fe("10.96.0.3", 80),
+        );
+        let bes = vec![be("10.0.0.1", 1), be("10.0.0.2", 1), be("10.0.0.3", 1)];
+        let mut d = state(&[(a, bes.clone()), (b, bes.clone()), (c, bes[..1].to_vec())]);
+        for f in [a, b, c] {
+            d.maglev.insert(f, 251);
+        }
+        let r1 = render(&d, &MapContents::default());
+        let master = |r: &MapContents, f: &Frontend| r.services[&abi::service_key(f, 0)];
+        let (ma, mb, mc) = (master(&r1, &a), master(&r1, &b), master(&r1, &c));
+        assert_eq!(ma.flags, SVC_F_MAGLEV);
+        assert_eq!((ma.maglev_size, ma.maglev_table), (251, mb.maglev_table));
+        assert_ne!(ma.maglev_table, mc.maglev_table);
+        // Two tables of 251 entries: 3 chunks each.
+        assert_eq!(r1.maglev.len(), 6);
+        let ops = plan(&MapContents::default(), &r1);
+        assert_consistent_at_every_step(&MapContents::default(), &ops);
+        assert!(plan(&r1, &render(&d, &r1)).is_empty(), "nothing changed");
+
+        // A backend leaves a and b: a new table under a new id, the old one deleted after
+        // the masters moved; c's table untouched.
+        let fewer = vec![bes[0], bes[2]];
+        d.frontends.get_mut(&a).unwrap().backends = fewer.clone();
+        d.frontends.get_mut(&b).unwrap().backends = fewer;
+        let r2 = render(&d, &r1);
+        let (na, nc) = (master(&r2, &a), master(&r2, &c));
+        assert_ne!(na.maglev_table, ma.maglev_table);
+        assert_eq!(nc.maglev_table, mc.maglev_table);
+        let ops = plan(&r1, &r2);
+        assert_consistent_at_every_step(&r1, &ops);
+        let pos = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
+        let put_table = pos(&|o| matches!(o, Op::PutMaglev(..)));
+        let master_a = pos(&|o| matches!(o, Op::PutService(k, _) if *k == abi::service_key(&a, 0)));
+        let del_table = pos(&|o| matches!(o, Op::DelMaglev(..)));
+        let del_backend = pos(&|o| matches!(o, Op::DelBackend(..)));
+        assert!(put_table < master_a && master_a < del_table && del_table < del_backend);
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::PutMaglev(..)))
+                .count(),
+            3
+        );
+        let mut m = r1.clone();
+        apply(&mut m, &ops);
+        assert_eq!(m, r2);
+
+        // Maglev off: plain masters, no table left.
+        d.maglev.clear();
+        let r3 = render(&d, &r2);
+        assert!(r3.maglev.is_empty());
+        assert_eq!(master(&r3, &a).flags, SVC_F_NONE);
+        assert_consistent_at_every_step(&r2, &plan(&r2, &r3));
+    }
+
+    #[test]
+    fn an_incomplete_table_in_the_maps_is_not_reused() {
+        let f = fe("10.96.0.1", 80);
+        let mut d = state(&[(f, vec![be("10.0.0.1", 1), be("10.0.0.2", 1)])]);
+        d.maglev.insert(f, 251);
+        let full = render(&d, &MapContents::default());
+        // A crash left the table without its last chunk and no master naming it.
+        let mut partial = full.clone();
+        partial.services.clear();
+        let last = *partial.maglev.keys().last().unwrap();
+        partial.maglev.remove(&last);
+        let r = render(&d, &partial);
+        let id = r.services[&abi::service_key(&f, 0)].maglev_table;
+        assert_ne!(u32::from(id), last.table);
+        assert_eq!(r.maglev.len(), 3);
+        assert_consistent_at_every_step(&partial, &plan(&partial, &r));
+    }
+
+    #[test]
+    fn maglev_entries_select_the_backends_lookup_table_computes() {
+        let f = fe("10.96.0.1", 80);
+        let bes = vec![be("10.0.0.1", 1), be("10.0.0.2", 1), be("10.0.0.3", 1)];
+        let mut d = state(&[(f, bes.clone())]);
+        d.maglev.insert(f, 251);
+        let r = render(&d, &MapContents::default());
+        let t = crate::maglev::lookup_table(&bes, 251);
+        let table = r.services[&abi::service_key(&f, 0)].maglev_table;
+        for (i, want) in t.iter().enumerate() {
+            let key = MaglevKey {
+                table: table.into(),
+                chunk: (i / dataplane_common::maglev::MAGLEV_CHUNK) as u32,
+            };
+            let id = r.maglev[&key].ids[i % dataplane_common::maglev::MAGLEV_CHUNK];
+            assert_eq!(r.backends[&id], abi::backend(&bes[*want]), "entry {i}");
+        }
+    }
+
+    #[test]
     fn external_entries_render_at_the_external_scope() {
         use crate::desired::ExternalEntry;
         let f = fe("192.0.2.1", 30080);
