@@ -139,8 +139,10 @@ pub fn select_backend<F: Conn>(
     // `slot` is what affinity remembers: the slot, or for Maglev the table entry + 1.
     let (id, slot) = if svc.flags & SVC_F_MAGLEV != 0 {
         let i = maglev::index(svc, flow.lb_hash()).ok_or(Reason::DropMaglevTable)?;
-        let id = maglev::entry(svc, i).ok_or(Reason::DropMaglevTable)?;
-        (id, (i as u16).wrapping_add(1))
+        match maglev::entry(svc.maglev_table as u32, i) {
+            0 => return Err(Reason::DropMaglevTable),
+            id => (id, (i as u16).wrapping_add(1)),
+        }
     } else {
         let r = unsafe { bpf_get_prandom_u32() };
         let slot = 1 + (r % svc.count as u32) as u16;
@@ -179,7 +181,7 @@ fn affinity_backend<F: Conn>(flow: &F, svc: &ServiceValue, now: u64) -> Option<(
         return None;
     }
     let current = if svc.flags & SVC_F_MAGLEV != 0 {
-        maglev::entry(svc, (v.slot as u32).wrapping_sub(1))?
+        maglev::entry(svc.maglev_table as u32, (v.slot as u32).wrapping_sub(1))
     } else if v.slot <= svc.count {
         unsafe { SERVICES.get(&service_key(flow, v.slot)) }?.backend_id
     } else {
