@@ -92,13 +92,7 @@ fn first_packet(dp: &mut Datapath, hook: Hook, src: IpAddr, sport: u16, dst: IpA
 }
 
 /// What user space predicts for the flow: `table[flow_hash(5-tuple) % M]`.
-fn predicted(
-    bes: &[BackendAddr],
-    m: u16,
-    src: IpAddr,
-    sport: u16,
-    dst: IpAddr,
-) -> SocketAddr {
+fn predicted(bes: &[BackendAddr], m: u16, src: IpAddr, sport: u16, dst: IpAddr) -> SocketAddr {
     let table = lookup_table(bes, m);
     let h = flow_hash(
         &abi::addr16(src),
@@ -130,7 +124,11 @@ fn the_kernel_picks_what_the_user_space_hash_and_table_predict_on_every_node() {
     let m = DEFAULT_TABLE_SIZE;
     let bes4 = backends("10.244.9.", 5);
     let bes6 = backends("fd00:244:9::", 5);
-    let d = desired(&[(fe(VIP), bes4.clone()), (fe(VIP6), bes6.clone())], m, false);
+    let d = desired(
+        &[(fe(VIP), bes4.clone()), (fe(VIP6), bes6.clone())],
+        m,
+        false,
+    );
     let (mut node_a, _wa) = loaded(&d);
     // Node b has met other backends first: its backend ids differ, its choices must not.
     let other = desired(&[(fe("10.96.0.99"), backends("10.244.8.", 7))], m, false);
@@ -140,12 +138,30 @@ fn the_kernel_picks_what_the_user_space_hash_and_table_predict_on_every_node() {
     both.maglev.extend(other.maglev.clone());
     wb.sync(&mut node_b.maps, &both).unwrap();
     assert_ne!(
-        node_a.maps.read_backends().unwrap().keys().collect::<Vec<_>>(),
-        node_b.maps.read_backends().unwrap().keys().collect::<Vec<_>>()
+        node_a
+            .maps
+            .read_backends()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        node_b
+            .maps
+            .read_backends()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>()
     );
 
-    for (v6, hook) in [(false, Hook::TcPod), (true, Hook::TcPod), (false, Hook::XdpExt)] {
-        let (vip, bes) = if v6 { (ip(VIP6), &bes6) } else { (ip(VIP), &bes4) };
+    for (v6, hook) in [
+        (false, Hook::TcPod),
+        (true, Hook::TcPod),
+        (false, Hook::XdpExt),
+    ] {
+        let (vip, bes) = if v6 {
+            (ip(VIP6), &bes6)
+        } else {
+            (ip(VIP), &bes4)
+        };
         let mut seen = BTreeMap::new();
         for (src, sport) in flows(300, v6) {
             let want = predicted(bes, m, src, sport, vip);
@@ -154,7 +170,11 @@ fn the_kernel_picks_what_the_user_space_hash_and_table_predict_on_every_node() {
             // The same 5-tuple again, from fresh state: the same backend.
             let again = first_packet(&mut node_a, hook, src, sport, vip);
             let b = first_packet(&mut node_b, hook, src, sport, vip);
-            assert_eq!((a, again, b), (want, want, want), "{src}:{sport} at {hook:?}");
+            assert_eq!(
+                (a, again, b),
+                (want, want, want),
+                "{src}:{sport} at {hook:?}"
+            );
             *seen.entry(a).or_insert(0) += 1;
         }
         // And the choices are spread over every backend.
@@ -252,7 +272,11 @@ fn a_maglev_service_at_the_default_table_size_costs_about_74_kib() {
     let (mut dp, mut w) = loaded(&DesiredState::default());
     let fd = dp.maps.maglev.map().fd().as_fd().as_raw_fd();
     let empty = memlock(fd);
-    let d = desired(&[(fe(VIP), backends("10.244.9.", 10))], DEFAULT_TABLE_SIZE, false);
+    let d = desired(
+        &[(fe(VIP), backends("10.244.9.", 10))],
+        DEFAULT_TABLE_SIZE,
+        false,
+    );
     w.sync(&mut dp.maps, &d).unwrap();
     let one = memlock(fd);
     let chunks = dataplane_common::maglev::chunks(DEFAULT_TABLE_SIZE.into()) as u64;
