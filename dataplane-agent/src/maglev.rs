@@ -55,7 +55,10 @@ const SKIP_SEED: u32 = 0x6576_3031; // "ev01"
 /// Whether `m` can be a table size: a prime of at least 3 (so `skip` in `1..m` generates every
 /// entry) that fits the map's 16 bits.
 pub fn valid_table_size(m: u32) -> bool {
-    (3..=MAX_TABLE_SIZE as u32).contains(&m) && (2..).take_while(|d| d * d <= m).all(|d| m % d != 0)
+    (3..=MAX_TABLE_SIZE as u32).contains(&m)
+        && (2..)
+            .take_while(|d| d * d <= m)
+            .all(|d| !m.is_multiple_of(d))
 }
 
 /// The name a backend is hashed by: `address:port` (`[v6]:port`), the same on every node.

@@ -214,9 +214,9 @@ fn source_range_ids(desired: &DesiredState, current: &MapContents) -> BTreeMap<F
 
 /// The operations that turn `current` into `desired`, ordered so that every intermediate
 /// state is consistent for the datapath:
-/// 1. new backends, 2. new Maglev tables, 3. backend slots, 4. master entries (counts,
-/// table ids), 5. removed masters, 6. removed slots, 7. tables no master names any more,
-/// 8. backends nothing points at any more.
+/// new backends; new Maglev tables; backend slots; master entries (counts, table ids);
+/// removed masters; removed slots; tables no master names any more; backends nothing points
+/// at any more.
 pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     let mut ops = Vec::new();
     // Source ranges before the masters that point at them, removed after.
