@@ -161,11 +161,11 @@ fn baseline_run(
     let res = match (
         hook,
         dp.ebpf.program_mut(match hook {
-            Hook::TcPod => PROG_BASELINE_TC,
+            Hook::TcPod | Hook::TcToPod => PROG_BASELINE_TC,
             Hook::XdpExt => PROG_BASELINE_XDP,
         }),
     ) {
-        (Hook::TcPod, Some(Program::SchedClassifier(p))) => p.test_run(opts)?,
+        (Hook::TcPod | Hook::TcToPod, Some(Program::SchedClassifier(p))) => p.test_run(opts)?,
         (Hook::XdpExt, Some(Program::Xdp(p))) => p.test_run(opts)?,
         _ => bail!("baseline program for {} not loaded", hook.name()),
     };
@@ -188,6 +188,7 @@ fn stat(dp: &Datapath, r: Reason) -> Result<u64> {
 fn hook_label(hook: Hook) -> &'static str {
     match hook {
         Hook::TcPod => "tc_clusterip",
+        Hook::TcToPod => "tc_to_pod",
         Hook::XdpExt => "xdp_clusterip_external",
     }
 }
@@ -195,7 +196,7 @@ fn hook_label(hook: Hook) -> &'static str {
 fn client(hook: Hook) -> IpAddr {
     match hook {
         // A pod on this node.
-        Hook::TcPod => "10.247.255.5".parse().unwrap(),
+        Hook::TcPod | Hook::TcToPod => "10.247.255.5".parse().unwrap(),
         // A client outside the cluster.
         Hook::XdpExt => "192.0.2.50".parse().unwrap(),
     }
@@ -316,8 +317,8 @@ fn baseline_frame(hook: Hook) -> Result<Vec<u8>> {
 
 fn check_pass(hook: Hook, ret: u32) -> Result<()> {
     let pass = match hook {
-        Hook::TcPod => u32::MAX, // TC_ACT_UNSPEC (-1)
-        Hook::XdpExt => 2,       // XDP_PASS
+        Hook::TcPod | Hook::TcToPod => u32::MAX, // TC_ACT_UNSPEC (-1)
+        Hook::XdpExt => 2,                       // XDP_PASS
     };
     if ret != pass {
         bail!(
@@ -422,6 +423,7 @@ pub fn run(p: &Params) -> Result<Vec<Figure>> {
             let newc = new_connection(&mut dp, hook, vip, p)?;
             let kind = match hook {
                 Hook::TcPod => "tc",
+                Hook::TcToPod => "tc_to_pod",
                 Hook::XdpExt => "xdp",
             };
             let single = format!(

@@ -266,6 +266,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 removed.maps.len(),
                 bpffs.display()
             );
+            if !removed.still_loaded.is_empty() {
+                eprintln!(
+                    "cleanup: programs {:?} are still loaded (a running agent?): their links \
+                     stay attached until it exits",
+                    removed.still_loaded
+                );
+            }
             Ok(())
         }
         Command::Programs => {

@@ -212,6 +212,15 @@ impl Agent {
             })
             .chain(
                 self.attachments
+                    .pod_interfaces_to_pod()
+                    .map(|i| status::Attached {
+                        iface: i.to_string(),
+                        hook: status::Hook::TcEgress,
+                        mode: "tcx".into(),
+                    }),
+            )
+            .chain(
+                self.attachments
                     .external_interfaces()
                     .map(|(i, m)| status::Attached {
                         iface: i.to_string(),

@@ -110,8 +110,12 @@ impl TryFrom<String> for Source {
 /// The hook a program is attached at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Hook {
+    /// Pods' veths, packets the pod sends (`skiff_tc_pod`).
     #[serde(rename = "tc-ingress")]
     TcIngress,
+    /// Pods' veths, packets going into the pod (`skiff_tc_to_pod`).
+    #[serde(rename = "tc-egress")]
+    TcEgress,
     #[serde(rename = "xdp")]
     Xdp,
 }
@@ -120,12 +124,13 @@ impl Hook {
     pub const fn as_str(self) -> &'static str {
         match self {
             Hook::TcIngress => "tc-ingress",
+            Hook::TcEgress => "tc-egress",
             Hook::Xdp => "xdp",
         }
     }
 
     pub fn parse(s: &str) -> Option<Hook> {
-        [Hook::TcIngress, Hook::Xdp]
+        [Hook::TcIngress, Hook::TcEgress, Hook::Xdp]
             .into_iter()
             .find(|h| h.as_str() == s)
     }
@@ -850,6 +855,10 @@ mod tests {
         assert_eq!(
             parse_link_pin("tc-ingress:7:veth1_2"),
             (Some(Hook::TcIngress), Some(7), "veth1_2".into())
+        );
+        assert_eq!(
+            parse_link_pin("tc-egress:7:veth1_2"),
+            (Some(Hook::TcEgress), Some(7), "veth1_2".into())
         );
         assert_eq!(
             parse_link_pin("xdp:2:eth0"),

@@ -21,11 +21,15 @@ pub enum Reason {
     NatEstablished = 9,
     /// Reply of a tracked connection: source translated back to the service frontend.
     NatReply = 10,
-    /// Towards a pod: the destination is not a pod of this node, or not isolated for ingress.
+    /// Towards a pod: the destination is not a pod of this node, or not isolated for ingress,
+    /// or the packet is not subject to policy (IPv6 neighbour discovery).
+    /// (Counted at the to-pod hook; at the from-pod hook the three `PassPolicy*` reasons only
+    /// appear in verdict events, the counter keeps the service pipeline's reason.)
     PassPolicyNone = 11,
     /// Towards a pod: a new connection its ingress policy allows.
     PassPolicyAllowed = 12,
-    /// Towards a pod: a packet of (or a reply to) a connection policy already allowed.
+    /// Towards a pod: a packet of (or a reply to, or an ICMP error about) a connection policy
+    /// already allowed.
     PassPolicyTracked = 13,
     /// A new connection to a service port without usable endpoints: answered with a TCP RST
     /// or an ICMP port unreachable sent back to the client (kube-proxy's REJECT).

@@ -4,14 +4,17 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{lpm_trie::LpmTrie, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
     Ebpf,
 };
 use dataplane_common::{
     maglev::{MaglevChunk, MaglevKey},
     maps::{
-        AFFINITY, BACKENDS, CONNTRACK, MAGLEV, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS,
+        AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, POLICY_CONNTRACK, POLICY_ENDPOINTS,
+        POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SOCK,
+        SOURCE_RANGES, STATS,
     },
+    policy::{Endpoint, IpKey, PolicyCtValue, PolicyKey, PolicyValue, CFG_ALLOW_EVENTS, CFG_FLAGS},
     sock::{SockKey, SockValue},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
     SourceRangeKey,
@@ -31,6 +34,18 @@ pub struct Maps {
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// Socket-level translations (`dataplane_common::sock`).
     pub sock: HashMap<MapData, SockKey, SockValue>,
+    /// NetworkPolicy (`dataplane_common::policy`): local pod address -> endpoint.
+    pub policy_endpoints: HashMap<MapData, IpKey, Endpoint>,
+    /// Remote address prefix -> identity (longest prefix wins).
+    pub policy_identities: LpmTrie<MapData, IpKey, u32>,
+    pub policy_rules: HashMap<MapData, PolicyKey, PolicyValue>,
+    /// Policy connection tracking (LRU).
+    pub policy_conntrack: HashMap<MapData, CtKey, PolicyCtValue>,
+    /// Verdict events; read them with `super::events` (one reader at a time: the ring has
+    /// one consumer position).
+    pub policy_events: RingBuf<MapData>,
+    /// Datapath settings (`policy::CFG_*` words).
+    pub config: Array<MapData, u32>,
     /// Maglev lookup tables in chunks (`dataplane_common::maglev`).
     pub maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
 }
@@ -60,6 +75,12 @@ impl Maps {
             service_nets: typed(SERVICE_NETS, take(ebpf, SERVICE_NETS)?)?,
             source_ranges: typed(SOURCE_RANGES, take(ebpf, SOURCE_RANGES)?)?,
             sock: typed(SOCK, take(ebpf, SOCK)?)?,
+            policy_endpoints: typed(POLICY_ENDPOINTS, take(ebpf, POLICY_ENDPOINTS)?)?,
+            policy_identities: typed(POLICY_IDENTITIES, take(ebpf, POLICY_IDENTITIES)?)?,
+            policy_rules: typed(POLICY_RULES, take(ebpf, POLICY_RULES)?)?,
+            policy_conntrack: typed(POLICY_CONNTRACK, take(ebpf, POLICY_CONNTRACK)?)?,
+            policy_events: typed(POLICY_EVENTS, take(ebpf, POLICY_EVENTS)?)?,
+            config: typed(CONFIG, take(ebpf, CONFIG)?)?,
             maglev: typed(MAGLEV, take(ebpf, MAGLEV)?)?,
         })
     }
@@ -104,11 +125,27 @@ impl Maps {
         self.conntrack.iter().collect()
     }
 
-    /// Forget every tracked connection and session affinity (used by `trace`, whose flows
-    /// start from fresh state).
+    /// Forget every tracked connection (service and policy) and session affinity (used by
+    /// `trace`, whose flows start from fresh state).
     pub fn clear_flow_state(&mut self) -> Result<(), MapError> {
         clear(&mut self.conntrack)?;
-        clear(&mut self.affinity)
+        clear(&mut self.affinity)?;
+        clear(&mut self.policy_conntrack)
+    }
+
+    pub fn policy_conntrack_entries(&self) -> Result<Vec<(CtKey, PolicyCtValue)>, MapError> {
+        self.policy_conntrack.iter().collect()
+    }
+
+    /// Whether the datapath reports allowed new connections too, not only drops.
+    pub fn set_allow_events(&mut self, on: bool) -> Result<(), MapError> {
+        let flags = self.config.get(&CFG_FLAGS, 0)?;
+        let flags = if on {
+            flags | CFG_ALLOW_EVENTS
+        } else {
+            flags & !CFG_ALLOW_EVENTS
+        };
+        self.config.set(CFG_FLAGS, flags, 0)
     }
 }
 

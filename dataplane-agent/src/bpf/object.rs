@@ -7,13 +7,16 @@ use aya::{
 use thiserror::Error;
 
 use dataplane_common::maps::{
-    AFFINITY, BACKENDS, CONNTRACK, MAGLEV, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS,
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, POLICY_CONNTRACK, POLICY_ENDPOINTS,
+    POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES,
+    STATS,
 };
 
 use super::{maps::Maps, pins::PinDir, socklb::SOCK_PROGRAMS};
 
-/// Maps whose contents must survive an agent restart (the per-CPU scratch map need not).
-pub const PINNED_MAPS: [&str; 9] = [
+/// Maps whose contents must survive an agent restart (the per-CPU scratch maps need not).
+/// The policy events ring is pinned so that `skiff observe` can open it.
+pub const PINNED_MAPS: [&str; 15] = [
     SERVICES,
     BACKENDS,
     CONNTRACK,
@@ -22,6 +25,12 @@ pub const PINNED_MAPS: [&str; 9] = [
     SERVICE_NETS,
     SOURCE_RANGES,
     SOCK,
+    POLICY_ENDPOINTS,
+    POLICY_IDENTITIES,
+    POLICY_RULES,
+    POLICY_CONNTRACK,
+    POLICY_EVENTS,
+    CONFIG,
     MAGLEV,
 ];
 
@@ -30,9 +39,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk
 
 /// TC ingress on the host side of pods' veths.
 pub const PROG_TC_POD: &str = "skiff_tc_pod";
+/// TC egress on the host side of pods' veths (packets going into the pod): ingress policy.
+pub const PROG_TC_TO_POD: &str = "skiff_tc_to_pod";
 /// XDP on the node's external interfaces.
 pub const PROG_XDP_EXT: &str = "skiff_xdp_ext";
-pub const PROGRAMS: [&str; 2] = [PROG_TC_POD, PROG_XDP_EXT];
+pub const PROGRAMS: [&str; 3] = [PROG_TC_POD, PROG_TC_TO_POD, PROG_XDP_EXT];
 
 /// Every program of the object: the packet programs and the socket-level ones.
 pub fn all_programs() -> impl Iterator<Item = &'static str> {
@@ -103,6 +114,13 @@ impl Datapath {
 
     pub fn tc_pod(&mut self) -> &mut SchedClassifier {
         match self.ebpf.program_mut(PROG_TC_POD) {
+            Some(aya::programs::Program::SchedClassifier(p)) => p,
+            _ => unreachable!("checked at load"),
+        }
+    }
+
+    pub fn tc_to_pod(&mut self) -> &mut SchedClassifier {
+        match self.ebpf.program_mut(PROG_TC_TO_POD) {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("checked at load"),
         }
