@@ -7,6 +7,7 @@ pub mod desired;
 pub mod healthcheck;
 pub mod http;
 pub mod kube_source;
+pub mod maglev;
 pub mod manifests;
 pub mod metrics;
 pub mod model;

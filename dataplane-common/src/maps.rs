@@ -2,8 +2,9 @@
 //! suffix changes whenever a map's key or value layout changes, so that a pinned map of the
 //! old layout is never reused by a new program (see README, "Restarts and upgrades").
 
-/// Services: `ServiceKey` -> `ServiceValue` (V2: affinity timeout in the value).
-pub const SERVICES: &str = "SK_SVC_V2";
+/// Services: `ServiceKey` -> `ServiceValue` (V2: affinity timeout in the value; V3: Maglev
+/// table id and size).
+pub const SERVICES: &str = "SK_SVC_V3";
 /// Backends: backend id (u32) -> `Backend`.
 pub const BACKENDS: &str = "SK_BE_V1";
 /// Connection tracking: `CtKey` -> `CtValue` (LRU).
@@ -22,6 +23,13 @@ pub const SERVICE_NETS: &str = "SK_SVCNET_V1";
 pub const SOURCE_RANGES: &str = "SK_LBSRC_V1";
 /// Per-CPU buffer where REJECT replies are built (kernel side only).
 pub const REPLY: &str = "SK_REPLY_V1";
+
+/// Maglev lookup tables: `maglev::MaglevKey` -> `maglev::MaglevChunk` (hash, not
+/// preallocated).
+pub const MAGLEV: &str = "SK_MGLV_V1";
+/// Table chunks: 147 per table at the default M = 16,381 (512 bytes each, about 74 KiB per
+/// table), so room for 445 such tables (or 111 at M = 65,521). Not preallocated.
+pub const MAGLEV_MAX: u32 = 65_536;
 
 /// Socket-level translations: `sock::SockKey` -> `sock::SockValue` (LRU).
 pub const SOCK: &str = "SK_SOCK_V1";

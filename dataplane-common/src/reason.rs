@@ -69,6 +69,9 @@ pub enum Reason {
     /// Socket level: `connect()`/`sendmsg()` to a service port without endpoints refused
     /// with ECONNREFUSED (what kube-proxy's REJECT gives a local client).
     DropSockNoEndpoints = 48,
+    /// A Maglev frontend's lookup table entry is missing (the agent writes tables before the
+    /// masters that name them, so this means a bug or a table map that is full).
+    DropMaglevTable = 52,
 }
 
 /// First drop reason.
@@ -78,7 +81,7 @@ pub const REJECT_FIRST: u32 = 16;
 pub const REJECT_LAST: u32 = 23;
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -105,6 +108,7 @@ impl Reason {
         Reason::DropNoLocalEndpoints,
         Reason::DropSourceRange,
         Reason::DropSockNoEndpoints,
+        Reason::DropMaglevTable,
     ];
 
     #[inline(always)]
@@ -154,6 +158,7 @@ impl Reason {
             Reason::DropNoLocalEndpoints => "no_local_endpoints",
             Reason::DropSourceRange => "source_range",
             Reason::DropSockNoEndpoints => "sock_no_endpoints",
+            Reason::DropMaglevTable => "maglev_table_missing",
         }
     }
 
@@ -225,6 +230,9 @@ impl Reason {
                 "local socket to a service port without endpoints: connect()/sendmsg() \
                  refused with ECONNREFUSED"
             }
+            Reason::DropMaglevTable => {
+                "Maglev service whose lookup table entry is missing: dropped"
+            }
         }
     }
 }
@@ -238,7 +246,7 @@ mod tests {
     #[test]
     fn drops_are_exactly_the_drop_variants() {
         let drops: std::vec::Vec<_> = Reason::ALL.iter().filter(|r| r.is_drop()).collect();
-        assert_eq!(drops.len(), 12);
+        assert_eq!(drops.len(), 13);
         assert!(drops.iter().all(|r| format!("{r:?}").starts_with("Drop")));
     }
 

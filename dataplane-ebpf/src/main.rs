@@ -14,6 +14,7 @@ mod conntrack;
 mod ctx;
 mod events;
 mod lb;
+mod maglev;
 mod maps;
 mod nat;
 mod parse;

@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dataplane_common::{
+    maglev::{MaglevChunk, MaglevKey},
     maps::{
-        AFFINITY_MAX, BACKENDS_MAX, CONFIG_MAX, CONNTRACK_MAX, POLICY_CONNTRACK_MAX,
+        AFFINITY_MAX, BACKENDS_MAX, CONFIG_MAX, CONNTRACK_MAX, MAGLEV_MAX, POLICY_CONNTRACK_MAX,
         POLICY_ENDPOINTS_MAX, POLICY_EVENTS_BYTES, POLICY_IDENTITIES_MAX, POLICY_RULES_MAX,
         SERVICES_MAX, SERVICE_NETS_MAX, SOCK_MAX, SOURCE_RANGES_MAX, STATS_MAX,
     },
@@ -26,7 +27,7 @@ pub type NetKey = Key<[u8; 16]>;
 
 /// Service frontends and their backend slots. Not preallocated: memory follows the number of
 /// services, not the map's capacity.
-#[map(name = "SK_SVC_V2")]
+#[map(name = "SK_SVC_V3")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::with_max_entries(SERVICES_MAX, BPF_F_NO_PREALLOC);
 
@@ -72,6 +73,13 @@ pub static REPLY: PerCpuArray<ReplyBuf> = PerCpuArray::with_max_entries(1, 0);
 /// socket its backend stickiness or the service address in `getpeername()`, never traffic.
 #[map(name = "SK_SOCK_V1")]
 pub static SOCK: LruHashMap<SockKey, SockValue> = LruHashMap::with_max_entries(SOCK_MAX, 0);
+
+/// Maglev lookup tables in chunks (see `dataplane_common::maglev`). Not preallocated: only
+/// Maglev frontends' tables take memory.
+#[map(name = "SK_MGLV_V1")]
+pub static MAGLEV: HashMap<MaglevKey, MaglevChunk> =
+    HashMap::with_max_entries(MAGLEV_MAX, BPF_F_NO_PREALLOC);
+
 // NetworkPolicy (layouts and meaning: `dataplane_common::policy`).
 
 /// Local pod address -> endpoint id and isolation.

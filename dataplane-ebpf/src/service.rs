@@ -87,8 +87,9 @@ pub fn translate<C: Packet>(ctx: &C, flow: &Flow, external: bool) -> Reason {
 /// Balance a new connection to a frontend with backends, track it and translate it.
 #[inline(always)]
 fn new_connection<C: Packet>(ctx: &C, flow: &Flow, svc: &ServiceValue, now: u64) -> Reason {
-    let Some((id, be)) = lb::select_backend(flow, svc, now) else {
-        return Reason::DropNoBackend;
+    let (id, be) = match lb::select_backend(flow, svc, now) {
+        Ok(hit) => hit,
+        Err(reason) => return reason,
     };
     if conntrack::create(flow, id, &be, now).is_err() {
         return Reason::DropCtFull;

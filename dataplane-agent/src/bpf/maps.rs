@@ -8,9 +8,11 @@ use aya::{
     Ebpf,
 };
 use dataplane_common::{
+    maglev::{MaglevChunk, MaglevKey},
     maps::{
-        AFFINITY, BACKENDS, CONFIG, CONNTRACK, POLICY_CONNTRACK, POLICY_ENDPOINTS, POLICY_EVENTS,
-        POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS,
+        AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, POLICY_CONNTRACK, POLICY_ENDPOINTS,
+        POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SOCK,
+        SOURCE_RANGES, STATS,
     },
     policy::{Endpoint, IpKey, PolicyCtValue, PolicyKey, PolicyValue, CFG_ALLOW_EVENTS, CFG_FLAGS},
     sock::{SockKey, SockValue},
@@ -44,6 +46,8 @@ pub struct Maps {
     pub policy_events: RingBuf<MapData>,
     /// Datapath settings (`policy::CFG_*` words).
     pub config: Array<MapData, u32>,
+    /// Maglev lookup tables in chunks (`dataplane_common::maglev`).
+    pub maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
@@ -77,6 +81,7 @@ impl Maps {
             policy_conntrack: typed(POLICY_CONNTRACK, take(ebpf, POLICY_CONNTRACK)?)?,
             policy_events: typed(POLICY_EVENTS, take(ebpf, POLICY_EVENTS)?)?,
             config: typed(CONFIG, take(ebpf, CONFIG)?)?,
+            maglev: typed(MAGLEV, take(ebpf, MAGLEV)?)?,
         })
     }
 
@@ -86,6 +91,10 @@ impl Maps {
 
     pub fn read_backends(&self) -> Result<BTreeMap<u32, Backend>, MapError> {
         self.backends.iter().collect()
+    }
+
+    pub fn read_maglev(&self) -> Result<BTreeMap<MaglevKey, MaglevChunk>, MapError> {
+        self.maglev.iter().collect()
     }
 
     pub fn read_service_nets(&self) -> Result<BTreeMap<(u32, [u8; 16]), u32>, MapError> {

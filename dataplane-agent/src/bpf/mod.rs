@@ -4,6 +4,7 @@
 pub mod abi;
 pub mod attach;
 pub mod events;
+pub mod maglev_tables;
 pub mod maps;
 pub mod object;
 pub mod pins;

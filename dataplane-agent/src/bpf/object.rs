@@ -7,15 +7,16 @@ use aya::{
 use thiserror::Error;
 
 use dataplane_common::maps::{
-    AFFINITY, BACKENDS, CONFIG, CONNTRACK, POLICY_CONNTRACK, POLICY_ENDPOINTS, POLICY_EVENTS,
-    POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS,
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, POLICY_CONNTRACK, POLICY_ENDPOINTS,
+    POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES,
+    STATS,
 };
 
 use super::{maps::Maps, pins::PinDir, socklb::SOCK_PROGRAMS};
 
 /// Maps whose contents must survive an agent restart (the per-CPU scratch maps need not).
 /// The policy events ring is pinned so that `skiff observe` can open it.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 15] = [
     SERVICES,
     BACKENDS,
     CONNTRACK,
@@ -30,6 +31,7 @@ pub const PINNED_MAPS: [&str; 14] = [
     POLICY_CONNTRACK,
     POLICY_EVENTS,
     CONFIG,
+    MAGLEV,
 ];
 
 /// The eBPF object built by build.rs from `dataplane-ebpf` (empty with AYA_BUILD_SKIP).
