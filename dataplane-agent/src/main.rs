@@ -224,6 +224,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let state = skiff::manifests::load_strict(&manifests)?;
             let desired = skiff::translate::translate(&state, &config);
             let mut tracer = Tracer::new(config, desired)?;
+            tracer.set_policy(&state)?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             match flows {
