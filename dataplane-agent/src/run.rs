@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use dataplane_common::maps::{
-    BACKENDS, BACKENDS_MAX, CONNTRACK, CONNTRACK_MAX, SERVICES, SERVICES_MAX,
+    BACKENDS, BACKENDS_MAX, CONNTRACK, CONNTRACK_MAX, POLICY_ENDPOINTS, POLICY_ENDPOINTS_MAX,
+    POLICY_IDENTITIES, POLICY_IDENTITIES_MAX, POLICY_RULES, POLICY_RULES_MAX, SERVICES,
+    SERVICES_MAX,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -287,6 +289,22 @@ impl Agent {
         let m = &self.metrics;
         m.set_map_usage(SERVICES, current.services.len() as u64, SERVICES_MAX.into());
         m.set_map_usage(BACKENDS, current.backends.len() as u64, BACKENDS_MAX.into());
+        let policy = self.policy_writer.current();
+        m.set_map_usage(
+            POLICY_ENDPOINTS,
+            policy.endpoints.len() as u64,
+            POLICY_ENDPOINTS_MAX.into(),
+        );
+        m.set_map_usage(
+            POLICY_IDENTITIES,
+            policy.identities.len() as u64,
+            POLICY_IDENTITIES_MAX.into(),
+        );
+        m.set_map_usage(
+            POLICY_RULES,
+            policy.rules.len() as u64,
+            POLICY_RULES_MAX.into(),
+        );
     }
 
     /// What only the datapath knows: conntrack entries (a walk over the whole map, so

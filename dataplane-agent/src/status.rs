@@ -20,7 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
 use aya::Pod;
-use dataplane_common::maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, STATS};
+use dataplane_common::maps::{
+    AFFINITY, BACKENDS, CONNTRACK, POLICY_CONNTRACK, POLICY_ENDPOINTS, POLICY_RULES, SERVICES,
+    STATS,
+};
+use dataplane_common::policy::{Endpoint, IpKey, PolicyCtValue, PolicyKey, PolicyValue};
 use dataplane_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
 };
@@ -32,7 +36,16 @@ pub const DEFAULT_STATE_DIR: &str = "/run/skiff";
 pub const STATUS_FILE: &str = "status.json";
 
 /// The maps the report looks for, in display order.
-pub const REPORTED_MAPS: [&str; 5] = [SERVICES, BACKENDS, CONNTRACK, AFFINITY, STATS];
+pub const REPORTED_MAPS: [&str; 8] = [
+    SERVICES,
+    BACKENDS,
+    CONNTRACK,
+    AFFINITY,
+    STATS,
+    POLICY_ENDPOINTS,
+    POLICY_RULES,
+    POLICY_CONNTRACK,
+];
 
 /// Where the agent writes its status in `state_dir`.
 pub fn status_path(state_dir: &Path) -> PathBuf {
@@ -422,6 +435,9 @@ fn probe_maps(maps_dir: &Path) -> (Vec<MapReport>, Probe<BTreeMap<Reason, u64>>)
                     SERVICES => count_keys::<ServiceKey, ServiceValue>(map, capacity),
                     BACKENDS => count_keys::<u32, Backend>(map, capacity),
                     AFFINITY => count_keys::<AffinityKey, AffinityValue>(map, capacity),
+                    POLICY_ENDPOINTS => count_keys::<IpKey, Endpoint>(map, capacity),
+                    POLICY_RULES => count_keys::<PolicyKey, PolicyValue>(map, capacity),
+                    POLICY_CONNTRACK => count_keys::<CtKey, PolicyCtValue>(map, capacity),
                     _ => count_keys::<CtKey, CtValue>(map, capacity),
                 }
                 .into(),
