@@ -31,9 +31,10 @@ use crate::policy_cluster::{PolicyCluster, Scale, ALLOWED_PORT, DB_PORT, DENIED_
 use crate::report::Figure;
 
 const NAMESPACES: usize = 50;
-/// Fresh tuples per figure stay below the policy conntrack's size (LRU, 131,072), which is
-/// emptied before each figure: no figure pays for evictions.
-const MAX_TUPLES: usize = 100_000;
+/// Fresh tuples per figure: distinct source ports of the one client pod (its address is what
+/// the policy names), and below the policy conntrack's size (LRU, 131,072), which is emptied
+/// before each figure: no figure pays for evictions.
+const MAX_TUPLES: usize = 60_000;
 
 pub struct PolicyParams {
     pub pods: usize,
