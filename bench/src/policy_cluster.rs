@@ -88,7 +88,7 @@ fn fixed(s: &Scale) -> [usize; 3] {
 fn pod(s: &Scale, j: usize) -> Value {
     let i = j / s.namespaces;
     let mut labels = json!({"app": format!("app{}", i % 20), "tier": format!("{}", i % 3)});
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         labels["track"] = json!("canary");
     }
     let [target, client, db] = fixed(s);
@@ -139,7 +139,7 @@ fn generated(s: &Scale, g: usize) -> (String, Value) {
     let team = format!("t{}", 1 + (g % 9));
     let spec = match kind {
         // Default deny ingress for the namespace, or for one app.
-        0 if v % 2 == 0 => json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        0 if v.is_multiple_of(2) => json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
         0 => json!({"podSelector": {"matchLabels": {"app": app(0)}}, "policyTypes": ["Ingress"]}),
         1 => json!({
             "podSelector": {"matchLabels": {"app": app(0)}},
