@@ -422,10 +422,5 @@ pub fn run(p: &Params) -> Result<Vec<Figure>> {
         }
     }
     let _ = std::fs::remove_dir_all(temp_dir());
-    figs.push(Figure::absent(
-        SECTION,
-        "full_sync_1000_policies_10000_pods_ms",
-        "NetworkPolicy not implemented (issue 4)",
-    ));
     Ok(figs)
 }

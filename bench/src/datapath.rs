@@ -25,7 +25,7 @@ use skiff::bpf::{
     Datapath,
 };
 use skiff::desired::{
-    BackendAddr, DesiredState, Frontend, FrontendEntry, Protocol, ServicePortRef,
+    BackendAddr, DesiredState, ExternalEntry, Frontend, FrontendEntry, Protocol, ServicePortRef,
 };
 use skiff::packet::{build_frame, FlowSpec, L4Proto, TCP_ACK};
 
@@ -111,7 +111,55 @@ pub fn desired_state(n: u32) -> DesiredState {
     d
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// NodePorts per node IP: the default range 30000-32767.
+pub const NODE_PORTS: u32 = 2_768;
+const NODE_PORT_BASE: u16 = 30_000;
+/// This node's address, where NodePorts listen.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// Endpoints of each service on this node (the external scope of `externalTrafficPolicy:
+/// Local`).
+const LOCAL_ENDPOINTS: usize = 2;
+/// The external client of the NodePort checks (not one the timed tuples use).
+const CHECK_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 250);
+
+/// [`desired_state`] where the first `min(n, NODE_PORTS)` services are also NodePort
+/// services with `externalTrafficPolicy: Local` (what the agent's translation gives): the
+/// NodePort frontend on the node IP with every endpoint (internal scope: pods and the node)
+/// and an external-scope entry with the endpoints on this node. Returns the state and the
+/// NodePort of the last one.
+pub fn nodeport_state(n: u32) -> (DesiredState, u16) {
+    let mut d = desired_state(n);
+    let services: Vec<(Frontend, FrontendEntry)> =
+        d.frontends.iter().map(|(f, e)| (*f, e.clone())).collect();
+    let mut last = NODE_PORT_BASE;
+    for i in 1..=n.min(NODE_PORTS) {
+        let cip = Frontend {
+            addr: IpAddr::V4(cluster_ip(i)),
+            port: SERVICE_PORT,
+            proto: Protocol::Tcp,
+        };
+        let Some((_, entry)) = services.iter().find(|(f, _)| *f == cip) else {
+            continue;
+        };
+        last = NODE_PORT_BASE + (i - 1) as u16;
+        let fe = Frontend {
+            addr: IpAddr::V4(NODE_IP),
+            port: last,
+            proto: Protocol::Tcp,
+        };
+        d.frontends.insert(fe, entry.clone());
+        d.external.insert(
+            fe,
+            ExternalEntry {
+                backends: entry.backends[..LOCAL_ENDPOINTS].to_vec(),
+                drop_when_empty: false,
+            },
+        );
+    }
+    (d, last)
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n == 0 {
@@ -124,12 +172,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn ns(d: Duration) -> f64 {
+pub(crate) fn ns(d: Duration) -> f64 {
     d.as_nanos() as f64
 }
 
 /// Load the baseline programs (they are in the same object, not loaded by `Datapath::load`).
-fn load_baselines(dp: &mut Datapath) -> Result<()> {
+pub(crate) fn load_baselines(dp: &mut Datapath) -> Result<()> {
     for name in [PROG_BASELINE_TC, PROG_BASELINE_XDP] {
         let prog = dp
             .ebpf
@@ -181,7 +229,7 @@ fn verified_insns(dp: &Datapath, name: &str) -> Option<u32> {
     info.and_then(|i| i.verified_instruction_count())
 }
 
-fn stat(dp: &Datapath, r: Reason) -> Result<u64> {
+pub(crate) fn stat(dp: &Datapath, r: Reason) -> Result<u64> {
     Ok(dp.maps.stats()?.get(&r).copied().unwrap_or(0))
 }
 
@@ -203,7 +251,7 @@ fn client(hook: Hook) -> IpAddr {
 }
 
 /// Median over `p.runs` batches of the median of `p.calls` single runs (repeat = 1 each).
-fn single_runs(
+pub(crate) fn single_runs(
     dp: &mut Datapath,
     p: &Params,
     mut one: impl FnMut(&mut Datapath, usize) -> Result<Duration>,
@@ -224,8 +272,8 @@ fn single_runs(
 /// Established flow: time the ACK of a connection already in conntrack, one run per call
 /// (with `repeat > 1` the kernel runs the program again on the frame the first run already
 /// rewrote, which no longer matches the flow).
-fn established(dp: &mut Datapath, hook: Hook, vip: IpAddr, p: &Params) -> Result<f64> {
-    let syn = FlowSpec::new(L4Proto::Tcp, client(hook), 40_000, vip, SERVICE_PORT);
+fn established(dp: &mut Datapath, hook: Hook, vip: IpAddr, port: u16, p: &Params) -> Result<f64> {
+    let syn = FlowSpec::new(L4Proto::Tcp, client(hook), 40_000, vip, port);
     let ack = syn
         .clone()
         .with_flags(TCP_ACK)
@@ -265,9 +313,15 @@ fn established(dp: &mut Datapath, hook: Hook, vip: IpAddr, p: &Params) -> Result
 }
 
 /// First packet of a new connection: one call per fresh tuple, repeat = 1.
-fn new_connection(dp: &mut Datapath, hook: Hook, vip: IpAddr, p: &Params) -> Result<f64> {
+fn new_connection(
+    dp: &mut Datapath,
+    hook: Hook,
+    vip: IpAddr,
+    port: u16,
+    p: &Params,
+) -> Result<f64> {
     let new0 = stat(dp, Reason::NatNew)?;
-    let frames = fresh_syns(hook, vip, p)?;
+    let frames = fresh_syns(hook, vip, port, p)?;
     let v = single_runs(dp, p, |dp, k| {
         Ok(testrun::time_per_packet(dp, hook, &frames[k], 1)?)
     })?;
@@ -282,21 +336,16 @@ fn new_connection(dp: &mut Datapath, hook: Hook, vip: IpAddr, p: &Params) -> Res
     Ok(v)
 }
 
-/// SYNs from distinct source ports (and, past 60,000, distinct client addresses).
-fn fresh_syns(hook: Hook, vip: IpAddr, p: &Params) -> Result<Vec<Vec<u8>>> {
+/// SYNs from distinct source ports (and, past 60,000, distinct client addresses), never from
+/// the client address itself (whose port 40,000 is the established flow's).
+fn fresh_syns(hook: Hook, vip: IpAddr, port: u16, p: &Params) -> Result<Vec<Vec<u8>>> {
     (0..p.calls * p.runs)
         .map(|k| {
             let src = match client(hook) {
-                IpAddr::V4(a) => IpAddr::V4((u32::from(a) + (k / 60_000) as u32).into()),
+                IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1 + (k / 60_000) as u32).into()),
                 a => a,
             };
-            let syn = FlowSpec::new(
-                L4Proto::Tcp,
-                src,
-                1_024 + (k % 60_000) as u16,
-                vip,
-                SERVICE_PORT,
-            );
+            let syn = FlowSpec::new(L4Proto::Tcp, src, 1_024 + (k % 60_000) as u16, vip, port);
             Ok(build_frame(&syn)?)
         })
         .collect()
@@ -342,13 +391,55 @@ fn baseline_repeat(dp: &mut Datapath, hook: Hook, p: &Params) -> Result<f64> {
     Ok(median(runs))
 }
 
-fn baseline_single(dp: &mut Datapath, hook: Hook, p: &Params) -> Result<f64> {
+pub(crate) fn baseline_single(dp: &mut Datapath, hook: Hook, p: &Params) -> Result<f64> {
     let frame = baseline_frame(hook)?;
     single_runs(dp, p, |dp, _| {
         let (ret, d) = baseline_run(dp, hook, &frame, 1)?;
         check_pass(hook, ret)?;
         Ok(d)
     })
+}
+
+/// NodePort at XDP, in its own load: the services of [`nodeport_state`], a packet from an
+/// external client to the node IP at the last NodePort. Checks first that new connections
+/// only go to this node's endpoints (the external scope answered), then measures the
+/// established and new-connection figures like the ClusterIP ones.
+fn nodeport(n: u32, p: &Params) -> Result<(f64, f64)> {
+    eprintln!("datapath: NodePort, {n} services");
+    let mut dp = Datapath::load().context("loading the eBPF programs (needs root)")?;
+    let (desired, port) = nodeport_state(n);
+    let node = IpAddr::V4(NODE_IP);
+    let fe = Frontend {
+        addr: node,
+        port,
+        proto: Protocol::Tcp,
+    };
+    let local: Vec<IpAddr> = desired
+        .external
+        .get(&fe)
+        .context("the measured NodePort has no external entry")?
+        .backends
+        .iter()
+        .map(|b| b.addr)
+        .collect();
+    let mut w = Writer::new(&dp.maps)?;
+    w.sync(&mut dp.maps, &desired)
+        .with_context(|| format!("writing {n} services with NodePorts"))?;
+    for k in 0..20u16 {
+        // From an address the timed tuples never use.
+        let syn = FlowSpec::new(L4Proto::Tcp, CHECK_CLIENT.into(), 20_000 + k, node, port);
+        let out = testrun::run(&mut dp, Hook::XdpExt, &build_frame(&syn)?)?;
+        if out.reason != Some(Reason::NatNew) {
+            bail!("NodePort SYN gave {:?}, expected nat_new", out.reason);
+        }
+        let dst = skiff::packet::parse_frame(&out.frame)?.dst;
+        if !local.contains(&dst) {
+            bail!("a NodePort SYN went to {dst}, not to one of this node's endpoints {local:?}");
+        }
+    }
+    let est = established(&mut dp, Hook::XdpExt, node, port, p)?;
+    let newc = new_connection(&mut dp, Hook::XdpExt, node, port, p)?;
+    Ok((est, newc))
 }
 
 /// All datapath figures. A scale whose maps cannot hold the services is reported as absent
@@ -415,12 +506,16 @@ pub fn run(p: &Params) -> Result<Vec<Figure>> {
             continue;
         }
         let vip: IpAddr = cluster_ip(n).into();
+        let mut xdp_base = f64::NAN;
         for hook in [Hook::TcPod, Hook::XdpExt] {
             let label = hook_label(hook);
             let base_rep = baseline_repeat(&mut dp, hook, p)?;
             let base_one = baseline_single(&mut dp, hook, p)?;
-            let est = established(&mut dp, hook, vip, p)?;
-            let newc = new_connection(&mut dp, hook, vip, p)?;
+            if hook == Hook::XdpExt {
+                xdp_base = base_one;
+            }
+            let est = established(&mut dp, hook, vip, SERVICE_PORT, p)?;
+            let newc = new_connection(&mut dp, hook, vip, SERVICE_PORT, p)?;
             let kind = match hook {
                 Hook::TcPod => "tc",
                 Hook::TcToPod => "tc_to_pod",
@@ -472,6 +567,44 @@ pub fn run(p: &Params) -> Result<Vec<Figure>> {
             by_scale.insert((format!("{label}_established"), n), est);
             by_scale.insert((format!("{label}_new_connection"), n), newc);
         }
+        drop(dp);
+        let (est, newc) = nodeport(n, p)?;
+        let single = format!(
+            "repeat 1 per call, median of {} batches' medians of {} calls",
+            p.runs, p.calls
+        );
+        let np = format!(
+            "NodePort of service {} of {n} ({} NodePort services, eTP Local: external scope with \
+             {LOCAL_ENDPOINTS} endpoints on this node, checked)",
+            n.min(NODE_PORTS),
+            n.min(NODE_PORTS)
+        );
+        for (kind, v, what) in [
+            (
+                "established",
+                est,
+                "ACK of a tracked flow (nat_established checked)",
+            ),
+            (
+                "new_connection",
+                newc,
+                "SYN of a fresh tuple each call (nat_new checked)",
+            ),
+        ] {
+            figs.push(Figure::new(
+                SECTION,
+                format!("xdp_nodeport_{kind}_{n}_services_ns_per_packet"),
+                v,
+                format!("{what}; {np}; {single}"),
+            ));
+            figs.push(Figure::new(
+                SECTION,
+                format!("xdp_nodeport_{kind}_{n}_services_vs_baseline_ratio"),
+                v / xdp_base,
+                "against baseline_xdp of the same scale",
+            ));
+            by_scale.insert((format!("xdp_nodeport_{kind}"), n), v);
+        }
     }
     // Largest measured scale against 10 services.
     let keys: Vec<String> = by_scale.keys().map(|(k, _)| k.clone()).collect();
@@ -490,19 +623,5 @@ pub fn run(p: &Params) -> Result<Vec<Figure>> {
             ));
         }
     }
-    for kind in ["policy_allowed", "policy_denied"] {
-        for pols in [0, 100, 1_000] {
-            figs.push(Figure::absent(
-                SECTION,
-                format!("tc_{kind}_{pols}_policies_ns_per_packet"),
-                "NetworkPolicy not implemented (issue 4)",
-            ));
-        }
-    }
-    figs.push(Figure::absent(
-        SECTION,
-        "xdp_nodeport_ns_per_packet",
-        "NodePort not implemented: XDP measured with a ClusterIP packet from an external source (xdp_clusterip_external)",
-    ));
     Ok(figs)
 }

@@ -6,6 +6,8 @@
 mod control;
 mod datapath;
 mod kubeproxy;
+mod policy_bench;
+mod policy_cluster;
 mod report;
 mod traffic;
 
@@ -26,7 +28,7 @@ struct Cli {
     /// Smaller scales and fewer repeats: under 5 minutes on a 2-core VM.
     #[arg(long)]
     quick: bool,
-    /// Only these parts (datapath, traffic, kubeproxy, control); default all.
+    /// Only these parts (datapath, control, policy, kubeproxy, traffic); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The command line shown in BENCHMARKS.md.
@@ -85,6 +87,13 @@ fn main() -> Result<()> {
     let quick = cli.quick;
     part("datapath", &|| datapath::run(&datapath::Params::new(quick)));
     part("control", &|| control::run(&control::Params::new(quick)));
+    // NetworkPolicy at scale: control-plane and per-packet figures (bench/src/policy_bench.rs).
+    part("policy", &|| {
+        let pp = policy_bench::PolicyParams::new(quick);
+        let mut figs = policy_bench::control(&pp)?;
+        figs.extend(policy_bench::datapath(&pp, &datapath::Params::new(quick))?);
+        Ok(figs)
+    });
     // kube-proxy's rule sets loaded with iptables-restore and nft -f (bench/src/kubeproxy/).
     part("kubeproxy", &|| {
         let scales: &[usize] = if quick { &[1_000] } else { &[1_000, 10_000] };

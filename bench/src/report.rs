@@ -155,6 +155,30 @@ fn targets(figs: &[Figure]) -> Vec<Target> {
             limit: 1.2,
             unit: "x",
         },
+        Target {
+            what: "XDP NodePort established, largest scale vs 10 services",
+            keys: largest_ratio("datapath_xdp_nodeport_established_"),
+            limit: 1.2,
+            unit: "x",
+        },
+        Target {
+            what: "XDP NodePort established, 10,000 services vs baseline",
+            keys: vec!["datapath_xdp_nodeport_established_10000_services_vs_baseline_ratio".into()],
+            limit: 3.0,
+            unit: "x",
+        },
+        Target {
+            what: "NetworkPolicy new connection at the to-pod hook, most policies vs 1",
+            keys: largest_policy_ratio(figs, "datapath_tc_to_pod_new_connection_"),
+            limit: 1.1,
+            unit: "x",
+        },
+        Target {
+            what: "NetworkPolicy new connection at the from-pod hook, most policies vs 1",
+            keys: largest_policy_ratio(figs, "datapath_tc_from_pod_new_connection_"),
+            limit: 1.1,
+            unit: "x",
+        },
     ];
     for n in [10_000u32, 5_000, 2_000] {
         let tag = format!("{n}_services");
@@ -194,6 +218,24 @@ fn targets(figs: &[Figure]) -> Vec<Target> {
         });
     }
     t
+}
+
+/// Keys `<prefix><P>_vs_1_policies_<N>_pods_ratio`, the largest policy set first.
+fn largest_policy_ratio(figs: &[Figure], prefix: &str) -> Vec<String> {
+    let mut keys: Vec<(u32, String)> = figs
+        .iter()
+        .filter(|f| !f.is_absent())
+        .map(Figure::full_key)
+        .filter_map(|k| {
+            let rest = k.strip_prefix(prefix)?;
+            let (p, tail) = rest.split_once("_vs_1_policies_")?;
+            tail.strip_suffix("_pods_ratio")?;
+            Some((p.parse().ok()?, k.clone()))
+        })
+        .filter(|(p, _)| *p > 1)
+        .collect();
+    keys.sort();
+    keys.into_iter().rev().map(|(_, k)| k).collect()
 }
 
 fn target_lines(figs: &[Figure]) -> Vec<String> {
@@ -298,8 +340,34 @@ so the ratio uses the baseline measured the same way (`baseline_*_single_run`).
   - *baseline*: `skiff_baseline_tc` / `skiff_baseline_xdp` (`dataplane-ebpf/src/baseline.rs`): \
 parse Ethernet and the IPv4/IPv6 header with bounds checks, return pass; same object, same \
 frames.
-  - XDP is measured with a ClusterIP packet from an external client (192.0.2.50): \
-`xdp_clusterip_external`. It is not NodePort.
+  - *xdp_clusterip_external*: a ClusterIP packet from an external client (192.0.2.50) at XDP.
+  - *xdp_nodeport*: in a separate load, the same services where the first min(N, 2,768) \
+(the default NodePort range) are also NodePort services with `externalTrafficPolicy: Local` \
+(NodePort frontend on the node IP with all endpoints, plus an external-scope entry with the 2 \
+endpoints on this node); an external client's packets go to the last NodePort. 20 SYNs are \
+checked to reach only this node's endpoints (the external scope answered) before timing.
+- **NetworkPolicy** (`bench/src/policy_cluster.rs`, `bench/src/policy_bench.rs`): a synthetic \
+cluster (10,000 pods in 50 namespaces over 50 nodes, 200 on this node, labels and named ports; \
+`--quick`: 2,000 pods over 10 nodes) and a policy set mixing pod and namespace selectors, \
+matchExpressions (In, NotIn, Exists, DoesNotExist), ipBlock with except, named ports, endPort \
+ranges, ingress and egress, default deny (1,000 policies; `--quick`: 200). One fixed policy \
+(`bench-allow`, always in the set) lets a client pod on another node reach a target pod of this \
+node on TCP 80, 443, 8000-8100 and the target reach a db pod on TCP 5432; the set is checked to \
+compile without errors and the verdicts are checked against the agent's reference evaluator \
+(in the bench's tests) and the datapath's counters (in the run).
+  - *control*: `PolicyModel::new` + `compile_model`, a recompile with the previous output \
+(checked identical), the entries, `PolicyWriter::sync` into the empty maps of a loaded \
+`Datapath`, and one policy change (a port added to `bench-allow`): model + compile with the \
+previous output + diff + write + read-back of the changed rule from the kernel map.
+  - *per packet*: the same pods with 0, 1 and the larger sets, each in a fresh load with the \
+compiled maps written by `PolicyWriter`. New connection: a SYN client -> target:8080 at the \
+to-pod hook (`skiff_tc_to_pod`), a fresh source port every call (`repeat = 1`: a second run of \
+the same frame would find the connection recorded), so every run does the endpoint lookup, \
+the policy-conntrack misses, the LPM identity lookup, the rule lookups with the port-range scan \
+and the conntrack record (`policy_allowed` counted for every run). Denied: the same to port 81 \
+(`policy_denied_ingress`). Tracked: the ACK of a recorded connection (`policy_tracked`). \
+From-pod: a SYN target -> db:5432 at `skiff_tc_pod` (egress isolated and allowed; no drop). \
+The policy conntrack is emptied before each figure and stays below its size (no eviction).
 - **Control plane** (`bench/src/control.rs`): N Services (one TCP port) and N EndpointSlices \
 (10 endpoints each) as YAML, 100 services per file, in a temporary directory; measured in a \
 child process (re-exec of `skiff-bench`) so its VmHWM is that of a process doing only the \
@@ -358,12 +426,7 @@ pub fn write_markdown(path: &Path, figs: &[Figure], info: &RunInfo) -> Result<()
     let _ = writeln!(md, "\n## Methods\n\n{METHODS}\n");
     let _ = writeln!(
         md,
-        "## Not measured yet, and why\n\n\
-         - **NetworkPolicy** (policy-allowed and policy-denied packets at 0, 100 and 1,000 \
-         policies; full sync of 1,000 policies over 10,000 pods): not implemented (issue 4). \
-         The rows are listed as absent; no number is made up.\n\
-         - **NodePort at XDP**: NodePort is not implemented; the XDP hook is measured with a \
-         ClusterIP packet from an external source (`xdp_clusterip_external`).\n\
+        "## Not measured, and why\n\n\
          - A scale whose service entries do not fit the service map (`SK_SVC_V1`, {} entries; \
          each service port takes 1 + endpoints entries) is listed as absent with the reason, \
          and the largest round scale that fits is measured instead.",
