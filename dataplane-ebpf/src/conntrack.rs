@@ -1,7 +1,7 @@
 //! Connection tracking: one LRU entry per direction of every translated connection, with
 //! per-state idle timeouts so closed and idle connections stop pinning their backend.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap};
 use dataplane_common::{
     Backend, CtKey, CtValue, CT_F_DNAT, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, CT_TIMEOUT_OTHER_NS,
     CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_ESTABLISHED_NS, CT_TIMEOUT_TCP_OPENING_NS, PROTO_TCP,
@@ -19,7 +19,7 @@ pub fn now() -> u64 {
 }
 
 #[inline(always)]
-fn key(src: [u8; 16], dst: [u8; 16], sport_be: u16, dport_be: u16, proto: u8) -> CtKey {
+pub fn key(src: [u8; 16], dst: [u8; 16], sport_be: u16, dport_be: u16, proto: u8) -> CtKey {
     CtKey {
         src,
         dst,
@@ -31,7 +31,7 @@ fn key(src: [u8; 16], dst: [u8; 16], sport_be: u16, dport_be: u16, proto: u8) ->
 }
 
 #[inline(always)]
-fn state_bits(flow: &Flow) -> u8 {
+pub fn state_bits(flow: &Flow) -> u8 {
     if flow.proto != PROTO_TCP {
         return 0;
     }
@@ -65,12 +65,33 @@ fn timeout(proto: u8, state: u8) -> u64 {
     }
 }
 
+/// Whether an entry of this protocol has been idle longer than its state allows.
+#[inline(always)]
+pub fn expired(v: &CtValue, proto: u8, now: u64) -> bool {
+    now.saturating_sub(v.last_seen_ns) > timeout(proto, v.tcp_state)
+}
+
 /// The live entry for this packet's direction, refreshed; `None` when there is none, it has
 /// expired, or a TCP SYN reopens a closed tuple (a new connection on a reused port).
 #[inline(always)]
 pub fn lookup(flow: &Flow, now: u64) -> Option<&CtValue> {
     let k = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
-    let p = CONNTRACK.get_ptr_mut(&k)?;
+    refresh(CONNTRACK.get_ptr_mut(&k)?, flow, now)
+}
+
+/// `lookup` in another map of the same layout (the egress masquerade map).
+#[inline(always)]
+pub fn lookup_in<'a>(
+    map: &'a LruHashMap<CtKey, CtValue>,
+    flow: &Flow,
+    now: u64,
+) -> Option<&'a CtValue> {
+    let k = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
+    refresh(map.get_ptr_mut(&k)?, flow, now)
+}
+
+#[inline(always)]
+fn refresh<'a>(p: *mut CtValue, flow: &Flow, now: u64) -> Option<&'a CtValue> {
     // Racing writers on other CPUs can only refresh the same fields with similar values.
     let v = unsafe { &mut *p };
     if now.saturating_sub(v.last_seen_ns) > timeout(flow.proto, v.tcp_state) {

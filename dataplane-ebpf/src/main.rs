@@ -1,4 +1,5 @@
-//! skiff eBPF programs. One entry file per attach point (`tc_pod`, `xdp_ext`, `cgroup_sock`); the packet
+//! skiff eBPF programs. One entry file per attach point (`tc_pod`, `xdp_ext`, `tc_ext`,
+//! `cgroup_sock`); the packet
 //! pipeline is shared through the `ctx::Packet` abstraction so TC and XDP run the same code.
 #![no_std]
 #![no_main]
@@ -17,7 +18,9 @@ mod nat;
 mod parse;
 mod reject;
 mod service;
+mod snat;
 mod stats;
+mod tc_ext;
 mod tc_pod;
 mod xdp_ext;
 

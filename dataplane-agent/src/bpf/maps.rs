@@ -4,11 +4,14 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{lpm_trie::LpmTrie, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
 use dataplane_common::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS},
+    maps::{
+        AFFINITY, BACKENDS, CONNTRACK, MASQ_ADDRS, POD_NETS, SERVICES, SERVICE_NETS, SNAT, SOCK,
+        SOURCE_RANGES, STATS,
+    },
     sock::{SockKey, SockValue},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
     SourceRangeKey,
@@ -28,6 +31,12 @@ pub struct Maps {
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// Socket-level translations (`dataplane_common::sock`).
     pub sock: HashMap<MapData, SockKey, SockValue>,
+    /// Masquerade source rewrites at the external interfaces' egress.
+    pub snat: HashMap<MapData, CtKey, CtValue>,
+    /// The node address per family masqueraded traffic leaves with (`MASQ_V4`, `MASQ_V6`).
+    pub masq_addrs: Array<MapData, [u8; 16]>,
+    /// `clusterCIDRs`.
+    pub pod_nets: LpmTrie<MapData, [u8; 16], u32>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
@@ -55,6 +64,9 @@ impl Maps {
             service_nets: typed(SERVICE_NETS, take(ebpf, SERVICE_NETS)?)?,
             source_ranges: typed(SOURCE_RANGES, take(ebpf, SOURCE_RANGES)?)?,
             sock: typed(SOCK, take(ebpf, SOCK)?)?,
+            snat: typed(SNAT, take(ebpf, SNAT)?)?,
+            masq_addrs: typed(MASQ_ADDRS, take(ebpf, MASQ_ADDRS)?)?,
+            pod_nets: typed(POD_NETS, take(ebpf, POD_NETS)?)?,
         })
     }
 
@@ -71,6 +83,22 @@ impl Maps {
             .iter()
             .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
             .collect()
+    }
+
+    pub fn read_pod_nets(&self) -> Result<BTreeMap<(u32, [u8; 16]), u32>, MapError> {
+        self.pod_nets
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect()
+    }
+
+    pub fn read_masq_addrs(&self) -> Result<[[u8; 16]; 2], MapError> {
+        Ok([self.masq_addrs.get(&0, 0)?, self.masq_addrs.get(&1, 0)?])
+    }
+
+    /// Masquerade rewrites at the external interfaces' egress.
+    pub fn snat_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapError> {
+        self.snat.iter().collect()
     }
 
     pub fn read_source_ranges(&self) -> Result<BTreeMap<(u32, SourceRangeKey), u32>, MapError> {
@@ -98,6 +126,7 @@ impl Maps {
     /// start from fresh state).
     pub fn clear_flow_state(&mut self) -> Result<(), MapError> {
         clear(&mut self.conntrack)?;
+        clear(&mut self.snat)?;
         clear(&mut self.affinity)
     }
 }

@@ -7,13 +7,14 @@ use aya::{
 use thiserror::Error;
 
 use dataplane_common::maps::{
-    AFFINITY, BACKENDS, CONNTRACK, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES, STATS,
+    AFFINITY, BACKENDS, CONNTRACK, MASQ_ADDRS, POD_NETS, SERVICES, SERVICE_NETS, SNAT, SOCK,
+    SOURCE_RANGES, STATS,
 };
 
 use super::{maps::Maps, pins::PinDir, socklb::SOCK_PROGRAMS};
 
 /// Maps whose contents must survive an agent restart (the per-CPU scratch map need not).
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 11] = [
     SERVICES,
     BACKENDS,
     CONNTRACK,
@@ -22,6 +23,9 @@ pub const PINNED_MAPS: [&str; 8] = [
     SERVICE_NETS,
     SOURCE_RANGES,
     SOCK,
+    SNAT,
+    MASQ_ADDRS,
+    POD_NETS,
 ];
 
 /// The eBPF object built by build.rs from `dataplane-ebpf` (empty with AYA_BUILD_SKIP).
@@ -31,7 +35,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk
 pub const PROG_TC_POD: &str = "skiff_tc_pod";
 /// XDP on the node's external interfaces.
 pub const PROG_XDP_EXT: &str = "skiff_xdp_ext";
-pub const PROGRAMS: [&str; 2] = [PROG_TC_POD, PROG_XDP_EXT];
+/// TC egress on the node's external interfaces (the source half of masquerading).
+pub const PROG_TC_EXT: &str = "skiff_tc_ext";
+pub const PROGRAMS: [&str; 3] = [PROG_TC_POD, PROG_XDP_EXT, PROG_TC_EXT];
 
 /// Every program of the object: the packet programs and the socket-level ones.
 pub fn all_programs() -> impl Iterator<Item = &'static str> {
@@ -102,6 +108,13 @@ impl Datapath {
 
     pub fn tc_pod(&mut self) -> &mut SchedClassifier {
         match self.ebpf.program_mut(PROG_TC_POD) {
+            Some(aya::programs::Program::SchedClassifier(p)) => p,
+            _ => unreachable!("checked at load"),
+        }
+    }
+
+    pub fn tc_ext(&mut self) -> &mut SchedClassifier {
+        match self.ebpf.program_mut(PROG_TC_EXT) {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("checked at load"),
         }

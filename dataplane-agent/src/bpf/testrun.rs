@@ -16,6 +16,8 @@ pub enum Hook {
     TcPod,
     /// XDP on an external interface (packets from outside the node).
     XdpExt,
+    /// TC egress on an external interface (packets leaving the node).
+    TcExt,
 }
 
 impl Hook {
@@ -23,6 +25,7 @@ impl Hook {
         match self {
             Hook::TcPod => "tc-ingress(pod veth)",
             Hook::XdpExt => "xdp(external interface)",
+            Hook::TcExt => "tc-egress(external interface)",
         }
     }
 }
@@ -73,6 +76,7 @@ fn run_raw(
     match hook {
         Hook::TcPod => dp.tc_pod().test_run(opts),
         Hook::XdpExt => dp.xdp_ext().test_run(opts),
+        Hook::TcExt => dp.tc_ext().test_run(opts),
     }
 }
 
@@ -88,13 +92,14 @@ pub fn run(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> Result<RunOutcome, Ru
         .find(|(r, n)| before.get(r).copied().unwrap_or(0) < **n)
         .map(|(r, _)| *r);
     let dropped = match hook {
-        Hook::TcPod => res.return_value == TC_ACT_SHOT,
+        Hook::TcPod | Hook::TcExt => res.return_value == TC_ACT_SHOT,
         Hook::XdpExt => res.return_value == XDP_DROP,
     };
     // BPF_PROG_TEST_RUN does not perform redirects: the verdict is the return value, and
     // the only redirect skiff's TC program issues is the reject reply to its own device.
     let sent_back = match hook {
         Hook::TcPod => res.return_value == TC_ACT_REDIRECT,
+        Hook::TcExt => false,
         Hook::XdpExt => res.return_value == XDP_TX,
     };
     Ok(RunOutcome {

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::MapError;
 use dataplane_common::{
-    Backend, ServiceKey, ServiceValue, SourceRangeKey, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_NONE,
-    SVC_F_SOURCE_RANGES,
+    Backend, ServiceKey, ServiceValue, SourceRangeKey, BE_F_LOCAL, MASQ_V4, MASQ_V6,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_AFFINITY,
+    SVC_F_DROP_EMPTY, SVC_F_MASQ, SVC_F_MASQ_OFF_CLUSTER, SVC_F_NONE, SVC_F_SOURCE_RANGES,
 };
 use thiserror::Error;
 
 use super::{abi, maps::Maps};
-use crate::desired::{DesiredState, Frontend};
+use crate::desired::{DesiredState, Frontend, Masquerade};
 
 /// What the service maps hold (or should hold).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,6 +26,10 @@ pub struct MapContents {
     pub service_nets: BTreeMap<NetPrefix, u32>,
     /// Source ranges: (prefix length in bits, key) -> 1.
     pub source_ranges: BTreeMap<RangePrefix, u32>,
+    /// `clusterCIDRs`: (prefix length in bits, 16-byte address) -> 1.
+    pub pod_nets: BTreeMap<NetPrefix, u32>,
+    /// The masquerade address per family (`MASQ_V4`, `MASQ_V6`); zero = none.
+    pub masq_addrs: [[u8; 16]; 2],
 }
 
 /// An LPM entry of the source ranges map.
@@ -45,6 +49,9 @@ pub enum Op {
     DelNet(NetPrefix),
     PutRange(RangePrefix),
     DelRange(RangePrefix),
+    PutPodNet(NetPrefix),
+    DelPodNet(NetPrefix),
+    PutMasqAddr(u32, [u8; 16]),
 }
 
 /// Render the desired state into map contents. Backend ids are kept from `current` for
@@ -90,6 +97,14 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
         if range_id.is_some() {
             flags |= SVC_F_SOURCE_RANGES;
         }
+        // Only the internal scope: the external one is externalTrafficPolicy Local.
+        if scope == SCOPE_INTERNAL {
+            flags |= match desired.masquerade.get(fe) {
+                Some(Masquerade::Always) => SVC_F_MASQ,
+                Some(Masquerade::OffCluster) => SVC_F_MASQ_OFF_CLUSTER,
+                None => SVC_F_NONE,
+            };
+        }
         out.services.insert(
             abi::service_key_scoped(fe, 0, scope),
             ServiceValue {
@@ -100,7 +115,11 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
             },
         );
         for (i, be) in backends.iter().take(count as usize).enumerate() {
-            let be = abi::backend(be);
+            let local = desired.local_endpoints.contains(&be.addr);
+            let mut be = abi::backend(be);
+            if local {
+                be.flags |= BE_F_LOCAL;
+            }
             let id = *assigned.entry(be).or_insert_with(|| {
                 existing.get(&be).copied().unwrap_or_else(|| {
                     while used.contains(&next_id) {
@@ -138,6 +157,14 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
     for ip in &desired.cluster_ips {
         out.service_nets
             .insert((128, abi::addr16(*ip)), SVCNET_CLUSTER_IP);
+    }
+    for net in &desired.cluster_cidrs {
+        out.pod_nets
+            .insert((prefix_bits(net), abi::addr16(net.network())), 1);
+    }
+    for ip in &desired.masquerade_ips {
+        let family = if ip.is_ipv4() { MASQ_V4 } else { MASQ_V6 };
+        out.masq_addrs[family as usize] = abi::addr16(*ip);
     }
     out
 }
@@ -193,6 +220,22 @@ fn source_range_ids(desired: &DesiredState, current: &MapContents) -> BTreeMap<F
 /// 5. removed slots, 6. backends nothing points at any more.
 pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     let mut ops = Vec::new();
+    // Masquerade settings before the masters whose flags use them, removed after.
+    for (i, (cur, want)) in current
+        .masq_addrs
+        .iter()
+        .zip(&desired.masq_addrs)
+        .enumerate()
+    {
+        if cur != want {
+            ops.push(Op::PutMasqAddr(i as u32, *want));
+        }
+    }
+    for k in desired.pod_nets.keys() {
+        if !current.pod_nets.contains_key(k) {
+            ops.push(Op::PutPodNet(*k));
+        }
+    }
     // Source ranges before the masters that point at them, removed after.
     for k in desired.source_ranges.keys() {
         if !current.source_ranges.contains_key(k) {
@@ -226,6 +269,11 @@ pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     for k in current.source_ranges.keys() {
         if !desired.source_ranges.contains_key(k) {
             ops.push(Op::DelRange(*k));
+        }
+    }
+    for k in current.pod_nets.keys() {
+        if !desired.pod_nets.contains_key(k) {
+            ops.push(Op::DelPodNet(*k));
         }
     }
     // The address space last: a new ClusterIP's frontends exist before its marker, and a
@@ -290,6 +338,12 @@ impl Writer {
                 source_ranges: maps
                     .read_source_ranges()
                     .map_err(|e| WriteError::Read(Box::new(e)))?,
+                pod_nets: maps
+                    .read_pod_nets()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
+                masq_addrs: maps
+                    .read_masq_addrs()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
             },
         })
     }
@@ -326,6 +380,13 @@ impl Writer {
                 Op::DelRange((bits, key)) => {
                     ignore_missing(maps.source_ranges.remove(&LpmKey::new(*bits, *key)))
                 }
+                Op::PutPodNet((bits, addr)) => {
+                    maps.pod_nets.insert(&LpmKey::new(*bits, *addr), 1, 0)
+                }
+                Op::DelPodNet((bits, addr)) => {
+                    ignore_missing(maps.pod_nets.remove(&LpmKey::new(*bits, *addr)))
+                }
+                Op::PutMasqAddr(i, addr) => maps.masq_addrs.set(*i, addr, 0),
             };
             if let Err(source) = res {
                 return Err(WriteError::Apply {
@@ -370,6 +431,15 @@ impl Writer {
             }
             Op::DelRange(k) => {
                 self.current.source_ranges.remove(&k);
+            }
+            Op::PutPodNet(k) => {
+                self.current.pod_nets.insert(k, 1);
+            }
+            Op::DelPodNet(k) => {
+                self.current.pod_nets.remove(&k);
+            }
+            Op::PutMasqAddr(i, addr) => {
+                self.current.masq_addrs[i as usize] = addr;
             }
         }
     }
@@ -447,6 +517,15 @@ mod tests {
                 }
                 Op::DelRange(k) => {
                     current.source_ranges.remove(k);
+                }
+                Op::PutPodNet(k) => {
+                    current.pod_nets.insert(*k, 1);
+                }
+                Op::DelPodNet(k) => {
+                    current.pod_nets.remove(k);
+                }
+                Op::PutMasqAddr(i, a) => {
+                    current.masq_addrs[*i as usize] = *a;
                 }
             }
         }
