@@ -114,6 +114,9 @@ pub enum Hook {
     TcIngress,
     #[serde(rename = "xdp")]
     Xdp,
+    /// TC egress on external interfaces (masquerading).
+    #[serde(rename = "tc-egress")]
+    TcEgress,
 }
 
 impl Hook {
@@ -121,11 +124,12 @@ impl Hook {
         match self {
             Hook::TcIngress => "tc-ingress",
             Hook::Xdp => "xdp",
+            Hook::TcEgress => "tc-egress",
         }
     }
 
     pub fn parse(s: &str) -> Option<Hook> {
-        [Hook::TcIngress, Hook::Xdp]
+        [Hook::TcIngress, Hook::Xdp, Hook::TcEgress]
             .into_iter()
             .find(|h| h.as_str() == s)
     }

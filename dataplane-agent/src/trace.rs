@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use dataplane_common::Reason;
+
 use crate::bpf::{
     object::LoadError,
     testrun::{self, Hook, RunError},
@@ -212,8 +214,32 @@ impl Tracer {
                 service,
             });
         }
+        // Leaving through an external interface, the egress program masquerades the source
+        // of connections that need it (it changes nothing else).
+        let egress = testrun::run(&mut self.dp, Hook::TcExt, &out.frame)?;
+        if egress.dropped {
+            return Ok(TraceResult {
+                verdict: "drop",
+                dnat: None,
+                snat: None,
+                reason: egress
+                    .reason
+                    .map(|r| r.describe().to_string())
+                    .unwrap_or(reason),
+                code: egress.reason.map(|r| r.name()),
+                origin,
+                hook: Some(Hook::TcExt.name()),
+                service,
+            });
+        }
+        if egress.reason == Some(Reason::NatMasqSource) {
+            reason = format!(
+                "{reason}; leaving the node: {}",
+                Reason::NatMasqSource.describe()
+            );
+        }
         let parsed =
-            packet::parse_frame(&out.frame).map_err(|e| TraceError::Packet(e.to_string()))?;
+            packet::parse_frame(&egress.frame).map_err(|e| TraceError::Packet(e.to_string()))?;
         let dnat = (parsed.dst != input.dst || parsed.dport != input.dport)
             .then(|| format_endpoint(parsed.dst, parsed.dport));
         let snat = (parsed.src != input.src).then(|| parsed.src.to_string());

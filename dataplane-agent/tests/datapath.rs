@@ -1437,3 +1437,95 @@ fn local_backends_and_pod_sources_are_not_masqueraded() {
     assert_eq!(out.reason, Some(Reason::NatNew));
     assert_eq!(p.src, ip("10.244.1.9"));
 }
+
+/// `trace` reports `snat` as the Kubernetes documentation describes: eTP=Cluster external
+/// traffic leaves with the node's address (to an endpoint on another node), eTP=Local keeps
+/// the client's; ClusterIP traffic from outside `clusterCIDRs` is masqueraded, from pods not;
+/// `masqueradeAll` masquerades every ClusterIP source; without `clusterCIDRs` ClusterIP
+/// traffic is not masqueraded (kube-proxy's no-op local detector).
+#[test]
+fn trace_reports_masquerading() {
+    use skiff::config::NodeConfig;
+    use skiff::trace::{FlowInput, Tracer};
+    let dir = std::env::temp_dir().join(format!("skiff-trace-masq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svc = |name: &str, cip: &str, policy: &str, node_port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\n\
+             spec: {{type: NodePort, clusterIP: {cip}, externalTrafficPolicy: {policy}, \
+             ports: [{{port: 80, targetPort: 8080, nodePort: {node_port}}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, \
+             namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\n\
+             ports: [{{port: 8080}}]\n\
+             endpoints: [{{addresses: [10.244.2.12], nodeName: node-b}}]\n"
+        )
+    };
+    let docs = [
+        svc("cluster", "10.96.0.10", "Cluster", 30080),
+        svc("local", "10.96.0.11", "Local", 30081).replace(
+            "10.244.2.12], nodeName: node-b",
+            "10.244.1.11], nodeName: node-a",
+        ),
+    ];
+    std::fs::write(dir.join("svc.yaml"), docs.join("---\n")).unwrap();
+    let state = skiff::manifests::load_strict(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let tracer = |extra: &str| {
+        let config = NodeConfig::from_yaml_str(
+            &format!("nodeName: node-a\nnodeIPs: [192.0.2.1]\n{extra}"),
+            "test",
+        )
+        .unwrap();
+        let desired = skiff::translate::translate(&state, &config);
+        Tracer::new(config, desired).expect("loading the programs (needs root)")
+    };
+    let trace = |t: &mut Tracer, src: &str, dst: &str, dport: u16| {
+        t.trace(&FlowInput {
+            proto: "tcp".into(),
+            src: ip(src),
+            sport: 40_000,
+            dst: ip(dst),
+            dport,
+        })
+        .unwrap()
+    };
+
+    let mut t = tracer("clusterCIDRs: [10.244.0.0/16]\n");
+    let r = trace(&mut t, "203.0.113.9", "192.0.2.1", 30080);
+    assert_eq!(r.verdict, "dnat", "{r:?}");
+    assert_eq!(r.dnat.as_deref(), Some("10.244.2.12:8080"));
+    assert_eq!(r.snat.as_deref(), Some("192.0.2.1"), "{r:?}");
+    assert_eq!(r.code, Some("masq_new_connection"));
+    let r = trace(&mut t, "203.0.113.9", "192.0.2.1", 30081);
+    assert_eq!(r.dnat.as_deref(), Some("10.244.1.11:8080"));
+    assert_eq!(r.snat, None, "eTP=Local keeps the client address");
+    let r = trace(&mut t, "203.0.113.9", "10.96.0.10", 80);
+    assert_eq!(
+        r.snat.as_deref(),
+        Some("192.0.2.1"),
+        "off-cluster source to a ClusterIP"
+    );
+    let r = trace(&mut t, "10.244.3.7", "10.96.0.10", 80);
+    assert_eq!((r.verdict, r.snat), ("dnat", None), "a pod of another node");
+    let r = trace(&mut t, "10.244.1.7", "10.96.0.10", 80);
+    assert_eq!((r.verdict, r.snat), ("dnat", None), "a pod of this node");
+
+    let mut t = tracer("");
+    let r = trace(&mut t, "203.0.113.9", "10.96.0.10", 80);
+    assert_eq!(
+        (r.verdict, r.snat),
+        ("dnat", None),
+        "no clusterCIDRs: no local detector"
+    );
+    let r = trace(&mut t, "203.0.113.9", "192.0.2.1", 30080);
+    assert_eq!(
+        r.snat.as_deref(),
+        Some("192.0.2.1"),
+        "eTP=Cluster does not need the detector"
+    );
+
+    // masqueradeAll, even without a local detector.
+    let mut t = tracer("masqueradeAll: true\n");
+    let r = trace(&mut t, "203.0.113.9", "10.96.0.10", 80);
+    assert_eq!(r.snat.as_deref(), Some("192.0.2.1"), "masqueradeAll");
+}

@@ -20,6 +20,8 @@ use super::Datapath;
 
 pub const HOOK_TC: &str = "tc-ingress";
 pub const HOOK_XDP: &str = "xdp";
+/// TC egress on external interfaces (the source half of masquerading).
+pub const HOOK_TC_EGRESS: &str = "tc-egress";
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -87,6 +89,7 @@ pub struct Attachments {
     pins: Option<PinDir>,
     tc: BTreeMap<String, Held>,
     xdp: BTreeMap<String, Held>,
+    ext_tc: BTreeMap<String, Held>,
 }
 
 impl Attachments {
@@ -95,6 +98,7 @@ impl Attachments {
             pins,
             tc: BTreeMap::new(),
             xdp: BTreeMap::new(),
+            ext_tc: BTreeMap::new(),
         }
     }
 
@@ -137,9 +141,24 @@ impl Attachments {
     }
 
     fn attach_tc(&mut self, dp: &mut Datapath, name: &str, idx: u32) -> Result<Held, AttachError> {
-        let pin = self.pins.as_ref().map(|p| p.link_path(HOOK_TC, idx, name));
-        let prog = dp.tc_pod();
-        let attach_err = attach_error(super::object::PROG_TC_POD, name);
+        self.attach_tc_program(dp, name, idx, TcAttachType::Ingress)
+    }
+
+    /// Attach a TC program with TCX: the pod program at ingress, the external egress
+    /// program at egress.
+    fn attach_tc_program(
+        &mut self,
+        dp: &mut Datapath,
+        name: &str,
+        idx: u32,
+        direction: TcAttachType,
+    ) -> Result<Held, AttachError> {
+        let (hook, program, prog) = match direction {
+            TcAttachType::Egress => (HOOK_TC_EGRESS, super::object::PROG_TC_EXT, dp.tc_ext()),
+            _ => (HOOK_TC, super::object::PROG_TC_POD, dp.tc_pod()),
+        };
+        let pin = self.pins.as_ref().map(|p| p.link_path(hook, idx, name));
+        let attach_err = attach_error(program, name);
         let link_err = link_error(name);
         if let Some(fd) = adopt(pin.as_ref(), name) {
             let link = SchedClassifierLink::try_from(fd).map_err(link_err)?;
@@ -154,12 +173,10 @@ impl Attachments {
                 mode: "tcx",
             });
         }
-        let id = prog
-            .attach(name, TcAttachType::Ingress)
-            .map_err(attach_err)?;
+        let id = prog.attach(name, direction).map_err(attach_err)?;
         let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?;
         let link = pin_link(link, pin.as_ref(), name)?;
-        info!(iface = %name, pinned = pin.is_some(), "attached tc ingress program");
+        info!(iface = %name, pinned = pin.is_some(), hook, "attached tc program");
         Ok(Held {
             ifindex: idx,
             _link: link,
@@ -168,19 +185,24 @@ impl Attachments {
         })
     }
 
-    /// Attach XDP to an external interface: native (driver) mode when the driver supports
-    /// it, otherwise generic mode, and say which.
+    /// Attach XDP to an external interface (native (driver) mode when the driver supports
+    /// it, otherwise generic mode, and say which), and the masquerade program at its TC
+    /// egress.
     pub fn attach_external(
         &mut self,
         dp: &mut Datapath,
         name: &str,
     ) -> Result<&'static str, AttachError> {
-        if let Some(h) = self.xdp.get(name) {
-            return Ok(h.mode);
-        }
         let idx = ifindex(name).ok_or_else(|| {
             AttachError::List(std::io::Error::other(format!("no interface {name}")))
         })?;
+        if !self.ext_tc.contains_key(name) {
+            let held = self.attach_tc_program(dp, name, idx, TcAttachType::Egress)?;
+            self.ext_tc.insert(name.to_string(), held);
+        }
+        if let Some(h) = self.xdp.get(name) {
+            return Ok(h.mode);
+        }
         let pin = self.pins.as_ref().map(|p| p.link_path(HOOK_XDP, idx, name));
         let prog = dp.xdp_ext();
         let attach_err = attach_error(super::object::PROG_XDP_EXT, name);
@@ -242,6 +264,11 @@ impl Attachments {
         self.tc.keys().map(String::as_str)
     }
 
+    /// External interfaces with the masquerade program at their TC egress.
+    pub fn external_egress_interfaces(&self) -> impl Iterator<Item = &str> {
+        self.ext_tc.keys().map(String::as_str)
+    }
+
     pub fn external_interfaces(&self) -> impl Iterator<Item = (&str, &'static str)> {
         self.xdp.iter().map(|(n, h)| (n.as_str(), h.mode))
     }
@@ -251,6 +278,7 @@ impl Attachments {
         for (_, h) in std::mem::take(&mut self.tc)
             .into_iter()
             .chain(std::mem::take(&mut self.xdp))
+            .chain(std::mem::take(&mut self.ext_tc))
         {
             h.release();
         }
