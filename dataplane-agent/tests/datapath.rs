@@ -176,7 +176,8 @@ fn clusterip_round_trip(hook: Hook, proto: Protocol, client: &str, vip: &str, be
         assert_checksums(&p);
     }
 
-    // Replies come back through the pod hook of the backend.
+    // Replies come back through the pod hook of the backend; to a client outside the node
+    // their source is translated where they leave the node (it may be a node address).
     let reply = spec(
         proto,
         &chosen.to_string(),
@@ -185,8 +186,15 @@ fn clusterip_round_trip(hook: Hook, proto: Protocol, client: &str, vip: &str, be
         40_000,
         TCP_SYN | TCP_ACK,
     );
-    let (out, p) = run(&mut dp, Hook::TcPod, &reply);
-    assert_eq!(out.reason, Some(Reason::NatReply));
+    let (mut out, mut p) = run(&mut dp, Hook::TcPod, &reply);
+    if hook == Hook::XdpExt {
+        assert_eq!(out.reason, Some(Reason::PassNoService));
+        assert_eq!((p.src, p.sport), (chosen, 8080));
+        (out, p) = run_frame(&mut dp, Hook::TcExt, &out.frame);
+        assert_eq!(out.reason, Some(Reason::NatReplySource));
+    } else {
+        assert_eq!(out.reason, Some(Reason::NatReply));
+    }
     assert_eq!(
         (p.src, p.sport),
         (ip(vip), 80),
@@ -1273,7 +1281,7 @@ fn masquerade_round_trip(node: &str, client: &str, be: &str) {
     assert_eq!((p.dst, p.dport), (ip(client), 40_000));
     assert_checksums(&p);
     let (out, p) = run_frame(&mut dp, Hook::TcExt, &out.frame);
-    assert_eq!(out.reason, Some(Reason::NatMasqReplySource));
+    assert_eq!(out.reason, Some(Reason::NatReplySource));
     assert_eq!((p.src, p.sport), (ip(node), 30_080));
     assert_eq!((p.dst, p.dport), (ip(client), 40_000));
     assert_checksums(&p);

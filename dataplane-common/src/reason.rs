@@ -39,9 +39,9 @@ pub enum Reason {
     NatNewMasq = 18,
     /// Leaving through an external interface: source masqueraded to the node address.
     NatMasqSource = 19,
-    /// Leaving through an external interface: a masqueraded connection's reply, source
+    /// Leaving through an external interface: the reply to a client outside the node, source
     /// translated back to the service address.
-    NatMasqReplySource = 20,
+    NatReplySource = 20,
     /// Leaving through an external interface, not part of a masqueraded connection.
     PassNoMasq = 21,
     /// Reply to a masqueraded connection: destination translated back to the client.
@@ -106,7 +106,7 @@ impl Reason {
         Reason::RejectUndefinedPort,
         Reason::NatNewMasq,
         Reason::NatMasqSource,
-        Reason::NatMasqReplySource,
+        Reason::NatReplySource,
         Reason::PassNoMasq,
         Reason::NatMasqReply,
         Reason::SockNat,
@@ -162,7 +162,7 @@ impl Reason {
             Reason::RejectUndefinedPort => "reject_undefined_port",
             Reason::NatNewMasq => "masq_new_connection",
             Reason::NatMasqSource => "masq_source",
-            Reason::NatMasqReplySource => "masq_reply_source",
+            Reason::NatReplySource => "reply_source",
             Reason::PassNoMasq => "not_masqueraded",
             Reason::NatMasqReply => "masq_reply",
             Reason::SockNat => "sock_nat",
@@ -222,8 +222,8 @@ impl Reason {
             Reason::NatMasqSource => {
                 "leaving the node: source masqueraded to the node address and port"
             }
-            Reason::NatMasqReplySource => {
-                "leaving the node: reply of a masqueraded connection, source translated back \
+            Reason::NatReplySource => {
+                "leaving the node: reply to a client outside the node, source translated back \
                  to the service address"
             }
             Reason::PassNoMasq => "leaving the node, not masqueraded: passed untouched",

@@ -9,7 +9,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    maps::{CONNTRACK, SCRATCH},
+    maps::{CONNTRACK, SCRATCH, SNAT},
     parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -113,11 +113,20 @@ fn refresh<'a>(p: *mut CtValue, flow: &Flow, now: u64) -> Option<&'a CtValue> {
 }
 
 /// Track a new connection from `flow`'s client to `be`: the original direction translates the
-/// destination to the backend, the reply direction translates the source back.
+/// destination to the backend, the reply direction translates the source back. For a client
+/// outside the node (`external`) the reply is translated where it leaves the node (the
+/// `SNAT` map, at the external interfaces' egress): its new source may be one of the node's
+/// own addresses (a NodePort), which the kernel drops as martian on a packet it receives.
 // Keys and values are built in the per-CPU scratch map: together they exceed what the BPF
 // stack has left at this depth.
 #[inline(always)]
-pub fn create(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Result<(), ()> {
+pub fn create(
+    flow: &Flow,
+    backend_id: u32,
+    be: &Backend,
+    now: u64,
+    external: bool,
+) -> Result<(), ()> {
     let s = SCRATCH.get_ptr_mut(0).ok_or(())?;
     let s = unsafe { &mut *s };
     s.key = key(be.addr, flow.src, be.port_be, flow.sport_be, flow.proto);
@@ -132,7 +141,8 @@ pub fn create(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Result<()
         tcp_state: 0,
         _pad: [0; 6],
     };
-    CONNTRACK.insert(&s.key, &s.value, 0).map_err(|_| ())?;
+    let reply = if external { &SNAT } else { &CONNTRACK };
+    reply.insert(&s.key, &s.value, 0).map_err(|_| ())?;
     s.key = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
     s.value = CtValue {
         nat_src: [0; 16],

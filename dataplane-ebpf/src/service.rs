@@ -107,7 +107,10 @@ fn new_connection<C: Packet>(
     let (tracked, reason) = if masquerade {
         (snat::track_new(flow, id, &be, now), Reason::NatNewMasq)
     } else {
-        (conntrack::create(flow, id, &be, now), Reason::NatNew)
+        (
+            conntrack::create(flow, id, &be, now, external),
+            Reason::NatNew,
+        )
     };
     if tracked.is_err() {
         return Reason::DropCtFull;

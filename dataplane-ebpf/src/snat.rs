@@ -130,7 +130,7 @@ pub fn egress<C: Packet>(ctx: &C) -> Reason {
     }
     let reply = v.flags & CT_F_REPLY != 0;
     match nat::snat(ctx, &flow, &v.nat_src, v.nat_sport_be) {
-        Ok(()) if reply => Reason::NatMasqReplySource,
+        Ok(()) if reply => Reason::NatReplySource,
         Ok(()) => Reason::NatMasqSource,
         Err(()) => Reason::DropNatFailed,
     }
