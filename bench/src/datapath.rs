@@ -161,11 +161,13 @@ fn baseline_run(
     let res = match (
         hook,
         dp.ebpf.program_mut(match hook {
-            Hook::TcPod | Hook::TcExt => PROG_BASELINE_TC,
+            Hook::TcPod | Hook::TcToPod | Hook::TcExt => PROG_BASELINE_TC,
             Hook::XdpExt => PROG_BASELINE_XDP,
         }),
     ) {
-        (Hook::TcPod | Hook::TcExt, Some(Program::SchedClassifier(p))) => p.test_run(opts)?,
+        (Hook::TcPod | Hook::TcToPod | Hook::TcExt, Some(Program::SchedClassifier(p))) => {
+            p.test_run(opts)?
+        }
         (Hook::XdpExt, Some(Program::Xdp(p))) => p.test_run(opts)?,
         _ => bail!("baseline program for {} not loaded", hook.name()),
     };
@@ -188,6 +190,7 @@ fn stat(dp: &Datapath, r: Reason) -> Result<u64> {
 fn hook_label(hook: Hook) -> &'static str {
     match hook {
         Hook::TcPod => "tc_clusterip",
+        Hook::TcToPod => "tc_to_pod",
         Hook::XdpExt => "xdp_clusterip_external",
         Hook::TcExt => "tc_external_egress",
     }
@@ -196,7 +199,7 @@ fn hook_label(hook: Hook) -> &'static str {
 fn client(hook: Hook) -> IpAddr {
     match hook {
         // A pod on this node.
-        Hook::TcPod => "10.247.255.5".parse().unwrap(),
+        Hook::TcPod | Hook::TcToPod => "10.247.255.5".parse().unwrap(),
         // A client outside the cluster.
         Hook::XdpExt | Hook::TcExt => "192.0.2.50".parse().unwrap(),
     }
@@ -317,8 +320,8 @@ fn baseline_frame(hook: Hook) -> Result<Vec<u8>> {
 
 fn check_pass(hook: Hook, ret: u32) -> Result<()> {
     let pass = match hook {
-        Hook::TcPod | Hook::TcExt => u32::MAX, // TC_ACT_UNSPEC (-1)
-        Hook::XdpExt => 2,                     // XDP_PASS
+        Hook::TcPod | Hook::TcToPod | Hook::TcExt => u32::MAX, // TC_ACT_UNSPEC (-1)
+        Hook::XdpExt => 2,                                     // XDP_PASS
     };
     if ret != pass {
         bail!(
@@ -423,6 +426,7 @@ pub fn run(p: &Params) -> Result<Vec<Figure>> {
             let newc = new_connection(&mut dp, hook, vip, p)?;
             let kind = match hook {
                 Hook::TcPod | Hook::TcExt => "tc",
+                Hook::TcToPod => "tc_to_pod",
                 Hook::XdpExt => "xdp",
             };
             let single = format!(

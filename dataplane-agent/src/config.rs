@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::maglev::{valid_table_size, LbAlgorithm, DEFAULT_TABLE_SIZE};
+
 /// Interfaces the pod-side TC program goes on when `podInterfaces` is absent: the host ends of
 /// the veth pairs made by the common CNI plugins (bridge/ptp, Calico, Cilium).
 pub const DEFAULT_POD_INTERFACES: [&str; 3] = ["veth*", "cali*", "lxc*"];
@@ -63,6 +65,10 @@ struct RawNodeConfig {
     socket_lb: Option<bool>,
     #[serde(default)]
     cgroup_path: Option<String>,
+    #[serde(default)]
+    load_balancing: Option<String>,
+    #[serde(default)]
+    maglev_table_size: Option<u32>,
 }
 
 /// Validated node configuration. Build it with [`NodeConfig::load`] or
@@ -91,6 +97,11 @@ pub struct NodeConfig {
     /// The cgroup v2 directory the socket-level programs attach to; `None`: the root of the
     /// cgroup v2 mount found in /proc/self/mountinfo.
     pub cgroup_path: Option<PathBuf>,
+    /// How services pick a backend for a new connection unless their
+    /// `skiff.io/lb-algorithm` annotation says otherwise (`loadBalancing`, default random).
+    pub load_balancing: LbAlgorithm,
+    /// Maglev table size M (`maglevTableSize`, a prime up to 65,521; default 16,381).
+    pub maglev_table_size: u16,
 }
 
 impl NodeConfig {
@@ -271,6 +282,24 @@ impl Validator<'_> {
                 ))
             }
         };
+        let load_balancing = match raw.load_balancing.as_deref() {
+            None => LbAlgorithm::Random,
+            Some(v) => LbAlgorithm::parse(v).ok_or_else(|| {
+                self.invalid("loadBalancing".into(), v, "expected random or maglev")
+            })?,
+        };
+        let maglev_table_size = match raw.maglev_table_size {
+            None => DEFAULT_TABLE_SIZE,
+            Some(m) if valid_table_size(m) => m as u16,
+            Some(m) => {
+                return Err(self.invalid(
+                    "maglevTableSize".into(),
+                    &m.to_string(),
+                    "must be a prime from 3 to 65521 (e.g. 251, 1021, 4093, 16381, 65521), \
+                     at least 100 times the largest number of backends for even shares",
+                ))
+            }
+        };
         Ok(NodeConfig {
             node_name,
             node_ips,
@@ -282,6 +311,8 @@ impl Validator<'_> {
             external_interfaces: raw.external_interfaces,
             socket_lb: raw.socket_lb.unwrap_or(true),
             cgroup_path,
+            load_balancing,
+            maglev_table_size,
         })
     }
 
@@ -378,6 +409,29 @@ mod tests {
         assert_eq!(cfg.node_port_addresses, None);
         assert!(!cfg.masquerade_all);
         assert_eq!(cfg.pod_interfaces, vec!["veth*", "cali*", "lxc*"]);
+        assert_eq!(cfg.load_balancing, LbAlgorithm::Random);
+        assert_eq!(cfg.maglev_table_size, 16_381);
+    }
+
+    #[test]
+    fn load_balancing_and_maglev_table_size() {
+        let cfg = parse(&format!(
+            "{MINIMAL}loadBalancing: maglev\nmaglevTableSize: 1021\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (cfg.load_balancing, cfg.maglev_table_size),
+            (LbAlgorithm::Maglev, 1021)
+        );
+        let err = parse(&format!("{MINIMAL}loadBalancing: roundrobin\n")).unwrap_err();
+        assert_eq!(
+            invalid_key(err),
+            ("loadBalancing".into(), "roundrobin".into())
+        );
+        for bad in ["1024", "65537", "1"] {
+            let err = parse(&format!("{MINIMAL}maglevTableSize: {bad}\n")).unwrap_err();
+            assert_eq!(invalid_key(err), ("maglevTableSize".into(), bad.into()));
+        }
     }
 
     #[test]

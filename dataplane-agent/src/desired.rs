@@ -111,6 +111,9 @@ pub struct DesiredState {
     pub frontends: BTreeMap<Frontend, FrontendEntry>,
     /// Frontends of services with `sessionAffinity: ClientIP`, and the timeout in seconds.
     pub session_affinity: BTreeMap<Frontend, u32>,
+    /// Frontends balanced by Maglev consistent hashing (both scopes), and the table size M
+    /// (a prime, `maglev::valid_table_size`); the others pick backends at random.
+    pub maglev: BTreeMap<Frontend, u16>,
     /// Every ClusterIP of a proxied Service: traffic to a port it does not define is
     /// rejected (kube-proxy nftables' `cluster-ips` set).
     pub cluster_ips: BTreeSet<IpAddr>,

@@ -98,6 +98,29 @@ enum Command {
         #[arg(long)]
         dport: Option<u16>,
     },
+    /// Stream NetworkPolicy verdicts of the running agent (drops; allows with --verdict).
+    Observe {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long, default_value = skiff::status::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Which verdicts to show (allowed ones are reported by the datapath only while an
+        /// observer asks for them).
+        #[arg(long, value_enum, default_value = "dropped")]
+        verdict: skiff::observe::VerdictFilter,
+        /// Only events with this pod (namespace/name) at either end.
+        #[arg(long)]
+        pod: Option<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
     /// Which NetworkPolicies select a pod, in which directions, and what they allow.
     Explain {
         #[arg(long)]
@@ -201,6 +224,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let state = skiff::manifests::load_strict(&manifests)?;
             let desired = skiff::translate::translate(&state, &config);
             let mut tracer = Tracer::new(config, desired)?;
+            tracer.set_policy(&state)?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             match flows {
@@ -240,6 +264,27 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Observe {
+            bpffs,
+            state_dir,
+            verdict,
+            pod,
+            count,
+            seconds,
+            json,
+        } => {
+            let opts = skiff::observe::ObserveOptions {
+                bpffs,
+                state_dir,
+                verdict,
+                pod,
+                count,
+                duration: seconds.map(std::time::Duration::from_secs),
+                json,
+            };
+            skiff::observe::observe(&opts, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
         Command::Explain {
             config,
             manifests,
@@ -266,6 +311,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 removed.maps.len(),
                 bpffs.display()
             );
+            if !removed.still_loaded.is_empty() {
+                eprintln!(
+                    "cleanup: programs {:?} are still loaded (a running agent?): their links \
+                     stay attached until it exits",
+                    removed.still_loaded
+                );
+            }
             Ok(())
         }
         Command::Programs => {

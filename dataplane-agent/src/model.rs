@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use thiserror::Error;
 
 use crate::desired::Protocol;
+use crate::maglev::{LbAlgorithm, ANNOTATION_LB_ALGORITHM};
 
 /// EndpointSlice label naming the Service the slice belongs to.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -294,6 +295,8 @@ pub struct Service {
     pub session_affinity: SessionAffinity,
     pub health_check_node_port: Option<u16>,
     pub traffic_distribution: Option<String>,
+    /// The `skiff.io/lb-algorithm` annotation; `None`: the node config's `loadBalancing`.
+    pub lb_algorithm: Option<LbAlgorithm>,
 }
 
 impl Service {
@@ -396,6 +399,24 @@ impl Service {
             }
         };
 
+        let lb_algorithm = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_LB_ALGORITHM))
+            .map(|v| {
+                LbAlgorithm::parse(v).ok_or_else(|| {
+                    ctx.err(
+                        format!("metadata.annotations[{ANNOTATION_LB_ALGORITHM}]"),
+                        Problem::UnknownValue {
+                            value: v.clone(),
+                            expected: "maglev or random",
+                        },
+                    )
+                })
+            })
+            .transpose()?;
+
         Ok(Service {
             namespace: key.namespace,
             name: key.name,
@@ -420,6 +441,7 @@ impl Service {
             health_check_node_port: ctx
                 .optional_port("spec.healthCheckNodePort", spec.health_check_node_port)?,
             traffic_distribution: spec.traffic_distribution.clone(),
+            lb_algorithm,
         })
     }
 }

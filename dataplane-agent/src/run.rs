@@ -10,17 +10,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use dataplane_common::maps::{
-    BACKENDS, BACKENDS_MAX, CONNTRACK, CONNTRACK_MAX, SERVICES, SERVICES_MAX,
+    BACKENDS, BACKENDS_MAX, CONNTRACK, CONNTRACK_MAX, POLICY_ENDPOINTS, POLICY_ENDPOINTS_MAX,
+    POLICY_IDENTITIES, POLICY_IDENTITIES_MAX, POLICY_RULES, POLICY_RULES_MAX, SERVICES,
+    SERVICES_MAX,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::bpf::{attach, pins::PinDir, writer::Writer, Datapath};
+use crate::bpf::{attach, pins::PinDir, policy_writer::PolicyWriter, writer::Writer, Datapath};
 use crate::config::NodeConfig;
 use crate::kube_source::{KubeOptions, KubeSource};
 use crate::manifests::{DirWatcher, ManifestStore};
 use crate::metrics::Metrics;
 use crate::model::ClusterState;
+use crate::observe::PodNames;
+use crate::policy::{compile_model, CompiledPolicy, PolicyModel};
 use crate::status::{self, AgentStatus};
 use crate::translate::translate;
 
@@ -144,6 +148,12 @@ struct Agent {
     attachments: attach::Attachments,
     /// healthCheckNodePort servers of eTP=Local LoadBalancer services.
     health_checks: crate::healthcheck::HealthChecks,
+    policy_writer: PolicyWriter,
+    /// The last compiled policy: keeps endpoint and identity numbers stable across syncs.
+    policy: Option<CompiledPolicy>,
+    /// Pod names last written for `skiff observe`.
+    pod_names: Option<PodNames>,
+    state_dir: Option<PathBuf>,
 }
 
 impl Agent {
@@ -159,6 +169,7 @@ impl Agent {
             .config
             .clone()
             .with_node_ips(node_ips(&update.state, &self.config.node_name));
+        self.apply_policy(&update.state, &config);
         let desired = translate(&update.state, &config);
         match self.writer.sync(&mut self.dp.maps, &desired) {
             Ok(report) => {
@@ -188,6 +199,43 @@ impl Agent {
         self.write_status();
     }
 
+    /// Compile the NetworkPolicies and apply the difference to the policy maps.
+    fn apply_policy(&mut self, state: &ClusterState, config: &NodeConfig) {
+        let started = Instant::now();
+        let model = PolicyModel::new(state, config);
+        let compiled = compile_model(&model, self.policy.as_ref());
+        for e in &compiled.errors {
+            warn!("network policy: {e}");
+        }
+        match self.policy_writer.sync(&mut self.dp.maps, &compiled.maps) {
+            Ok(report) => info!(
+                endpoints = report.endpoints,
+                identities = report.identities,
+                rules = report.rules,
+                changes = report.ops,
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                "policy synced"
+            ),
+            // The maps keep a consistent mix; the mirror knows what they hold, and the next
+            // sync retries the rest.
+            Err(e) => {
+                error!("policy sync failed: {e}");
+                self.metrics.sync_failed();
+            }
+        }
+        if let Some(dir) = &self.state_dir {
+            let names = PodNames::new(&model, &compiled);
+            if self.pod_names.as_ref() != Some(&names) {
+                let path = PodNames::path(dir);
+                match names.write_atomic(&path) {
+                    Ok(()) => self.pod_names = Some(names),
+                    Err(e) => warn!("writing {}: {e}", path.display()),
+                }
+            }
+        }
+        self.policy = Some(compiled);
+    }
+
     fn attach_pods(&mut self) {
         match attach::interfaces() {
             Ok(all) => {
@@ -212,6 +260,15 @@ impl Agent {
             })
             .chain(
                 self.attachments
+                    .pod_interfaces_to_pod()
+                    .map(|i| status::Attached {
+                        iface: i.to_string(),
+                        hook: status::Hook::TcEgress,
+                        mode: "tcx".into(),
+                    }),
+            )
+            .chain(
+                self.attachments
                     .external_interfaces()
                     .map(|(i, m)| status::Attached {
                         iface: i.to_string(),
@@ -224,7 +281,7 @@ impl Agent {
                     .external_egress_interfaces()
                     .map(|i| status::Attached {
                         iface: i.to_string(),
-                        hook: status::Hook::TcEgress,
+                        hook: status::Hook::TcExtEgress,
                         mode: "tcx".into(),
                     }),
             )
@@ -241,6 +298,22 @@ impl Agent {
         let m = &self.metrics;
         m.set_map_usage(SERVICES, current.services.len() as u64, SERVICES_MAX.into());
         m.set_map_usage(BACKENDS, current.backends.len() as u64, BACKENDS_MAX.into());
+        let policy = self.policy_writer.current();
+        m.set_map_usage(
+            POLICY_ENDPOINTS,
+            policy.endpoints.len() as u64,
+            POLICY_ENDPOINTS_MAX.into(),
+        );
+        m.set_map_usage(
+            POLICY_IDENTITIES,
+            policy.identities.len() as u64,
+            POLICY_IDENTITIES_MAX.into(),
+        );
+        m.set_map_usage(
+            POLICY_RULES,
+            policy.rules.len() as u64,
+            POLICY_RULES_MAX.into(),
+        );
     }
 
     /// What only the datapath knows: conntrack entries (a walk over the whole map, so
@@ -304,6 +377,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         info!(program = name, verified_insns = insns, "program loaded");
     }
     let writer = Writer::new(&dp.maps).context("reading the maps")?;
+    let policy_writer = PolicyWriter::new(&dp.maps).context("reading the policy maps")?;
     let mut source = Source::open(source).await?;
     let pin_dir = pins.clone();
     let mut agent = Agent {
@@ -315,6 +389,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         attachments: attach::Attachments::new(pins),
         config,
         health_checks: Default::default(),
+        policy_writer,
+        policy: None,
+        pod_names: None,
+        state_dir: state_dir.clone(),
     };
 
     // Program the maps from the first full state before any program is (re)attached: a

@@ -20,7 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
 use aya::Pod;
-use dataplane_common::maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, STATS};
+use dataplane_common::maps::{
+    AFFINITY, BACKENDS, CONNTRACK, POLICY_CONNTRACK, POLICY_ENDPOINTS, POLICY_RULES, SERVICES,
+    STATS,
+};
+use dataplane_common::policy::{Endpoint, IpKey, PolicyCtValue, PolicyKey, PolicyValue};
 use dataplane_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
 };
@@ -32,7 +36,16 @@ pub const DEFAULT_STATE_DIR: &str = "/run/skiff";
 pub const STATUS_FILE: &str = "status.json";
 
 /// The maps the report looks for, in display order.
-pub const REPORTED_MAPS: [&str; 5] = [SERVICES, BACKENDS, CONNTRACK, AFFINITY, STATS];
+pub const REPORTED_MAPS: [&str; 8] = [
+    SERVICES,
+    BACKENDS,
+    CONNTRACK,
+    AFFINITY,
+    STATS,
+    POLICY_ENDPOINTS,
+    POLICY_RULES,
+    POLICY_CONNTRACK,
+];
 
 /// Where the agent writes its status in `state_dir`.
 pub fn status_path(state_dir: &Path) -> PathBuf {
@@ -110,28 +123,39 @@ impl TryFrom<String> for Source {
 /// The hook a program is attached at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Hook {
+    /// Pods' veths, packets the pod sends (`skiff_tc_pod`).
     #[serde(rename = "tc-ingress")]
     TcIngress,
-    #[serde(rename = "xdp")]
-    Xdp,
-    /// TC egress on external interfaces (masquerading).
+    /// Pods' veths, packets going into the pod (`skiff_tc_to_pod`).
     #[serde(rename = "tc-egress")]
     TcEgress,
+    #[serde(rename = "xdp")]
+    Xdp,
+    /// TC egress on external interfaces, packets leaving the node (`skiff_tc_ext`:
+    /// masquerading).
+    #[serde(rename = "tc-ext-egress")]
+    TcExtEgress,
 }
 
 impl Hook {
     pub const fn as_str(self) -> &'static str {
         match self {
             Hook::TcIngress => "tc-ingress",
-            Hook::Xdp => "xdp",
             Hook::TcEgress => "tc-egress",
+            Hook::Xdp => "xdp",
+            Hook::TcExtEgress => "tc-ext-egress",
         }
     }
 
     pub fn parse(s: &str) -> Option<Hook> {
-        [Hook::TcIngress, Hook::Xdp, Hook::TcEgress]
-            .into_iter()
-            .find(|h| h.as_str() == s)
+        [
+            Hook::TcIngress,
+            Hook::TcEgress,
+            Hook::Xdp,
+            Hook::TcExtEgress,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == s)
     }
 }
 
@@ -421,6 +445,9 @@ fn probe_maps(maps_dir: &Path) -> (Vec<MapReport>, Probe<BTreeMap<Reason, u64>>)
                     SERVICES => count_keys::<ServiceKey, ServiceValue>(map, capacity),
                     BACKENDS => count_keys::<u32, Backend>(map, capacity),
                     AFFINITY => count_keys::<AffinityKey, AffinityValue>(map, capacity),
+                    POLICY_ENDPOINTS => count_keys::<IpKey, Endpoint>(map, capacity),
+                    POLICY_RULES => count_keys::<PolicyKey, PolicyValue>(map, capacity),
+                    POLICY_CONNTRACK => count_keys::<CtKey, PolicyCtValue>(map, capacity),
                     _ => count_keys::<CtKey, CtValue>(map, capacity),
                 }
                 .into(),
@@ -854,6 +881,14 @@ mod tests {
         assert_eq!(
             parse_link_pin("tc-ingress:7:veth1_2"),
             (Some(Hook::TcIngress), Some(7), "veth1_2".into())
+        );
+        assert_eq!(
+            parse_link_pin("tc-egress:7:veth1_2"),
+            (Some(Hook::TcEgress), Some(7), "veth1_2".into())
+        );
+        assert_eq!(
+            parse_link_pin("tc-ext-egress:2:eth0"),
+            (Some(Hook::TcExtEgress), Some(2), "eth0".into())
         );
         assert_eq!(
             parse_link_pin("xdp:2:eth0"),

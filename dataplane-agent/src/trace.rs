@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use dataplane_common::Reason;
-
+use crate::bpf::policy_writer::{PolicyWriteError, PolicyWriter};
 use crate::bpf::{
     object::LoadError,
     testrun::{self, Hook, RunError},
@@ -17,8 +16,11 @@ use crate::bpf::{
 };
 use crate::config::NodeConfig;
 use crate::desired::{DesiredState, Frontend, Protocol};
+use crate::model::ClusterState;
 use crate::packet::{self, FlowSpec, L4Proto};
+use crate::policy::{compile_model, CompiledPolicy, EndVerdict, PolicyModel};
 use crate::trace_node;
+use dataplane_common::Reason;
 
 /// One input line: `{"proto":"tcp","src":IP,"sport":N,"dst":IP,"dport":N}`.
 #[derive(Clone, Debug, Deserialize)]
@@ -60,6 +62,49 @@ pub struct TraceResult {
     pub hook: Option<&'static str>,
     /// The Service port the destination belongs to (`namespace/name:port`).
     pub service: Option<String>,
+    /// NetworkPolicy at both ends (when the tracer knows the policies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyTrace>,
+}
+
+/// NetworkPolicy's part in a trace: each end as the reference evaluator reads the policies,
+/// checked against what the datapath did.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PolicyTrace {
+    /// The source pod's egress policy.
+    pub egress: EndTrace,
+    /// The destination pod's ingress policy.
+    pub ingress: EndTrace,
+    /// False when the datapath's verdict differs from the reference evaluator's (a bug).
+    pub consistent: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct EndTrace {
+    /// The local pod at this end (`namespace/name`), if any.
+    pub pod: Option<String>,
+    /// `allowed`, `denied`, `not isolated`, `node` (traffic with its own node), or `not
+    /// local` (no pod of this node at this end: this node does not decide).
+    pub verdict: &'static str,
+    /// The policies that allow it (`namespace/name`).
+    pub policies: Vec<String>,
+}
+
+impl EndTrace {
+    fn new(model: &PolicyModel, ip: IpAddr, v: &EndVerdict) -> EndTrace {
+        let (verdict, policies) = match v {
+            EndVerdict::NotLocal => ("not local", Vec::new()),
+            EndVerdict::NotIsolated => ("not isolated", Vec::new()),
+            EndVerdict::Node => ("node", Vec::new()),
+            EndVerdict::Allowed(p) => ("allowed", p.iter().map(|n| n.to_string()).collect()),
+            EndVerdict::Denied => ("denied", Vec::new()),
+        };
+        EndTrace {
+            pod: model.pod_at(ip).map(|p| p.key.to_string()),
+            verdict,
+            policies,
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -74,6 +119,8 @@ pub enum TraceError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error(transparent)]
+    PolicyWrite(#[from] PolicyWriteError),
     #[error(transparent)]
     Run(#[from] RunError),
     #[error("clearing connection tracking")]
@@ -94,6 +141,8 @@ pub struct Tracer {
     dp: Datapath,
     config: NodeConfig,
     desired: DesiredState,
+    /// The NetworkPolicies in the maps, once `set_policy` was called.
+    policy: Option<(PolicyModel, CompiledPolicy)>,
 }
 
 impl Tracer {
@@ -105,6 +154,44 @@ impl Tracer {
             dp,
             config,
             desired,
+            policy: None,
+        })
+    }
+
+    /// Compile the NetworkPolicies of `state` into the maps, as the agent does.
+    pub fn set_policy(&mut self, state: &ClusterState) -> Result<(), TraceError> {
+        let model = PolicyModel::new(state, &self.config);
+        let compiled = compile_model(&model, None);
+        let mut writer = PolicyWriter::new(&self.dp.maps)?;
+        writer.sync(&mut self.dp.maps, &compiled.maps)?;
+        self.policy = Some((model, compiled));
+        Ok(())
+    }
+
+    /// Whether `ip` is a pod of this node that policy knows (its to-pod hook runs).
+    fn local_endpoint(&self, ip: IpAddr) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|(_, c)| c.maps.endpoints.contains_key(&crate::policy::ip_key(ip)))
+    }
+
+    /// Both ends' policy verdicts for the flow as it left the first hook, checked against
+    /// the datapath's (`egress_denied`, `ingress_denied`).
+    fn policy_trace(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: Protocol,
+        dport: u16,
+        egress_denied: bool,
+        ingress_denied: bool,
+    ) -> Option<PolicyTrace> {
+        let (model, _) = self.policy.as_ref()?;
+        let v = crate::policy::evaluate(model, src, dst, proto.number(), dport);
+        Some(PolicyTrace {
+            consistent: v.egress.allows() != egress_denied && v.ingress.allows() != ingress_denied,
+            egress: EndTrace::new(model, src, &v.egress),
+            ingress: EndTrace::new(model, dst, &v.ingress),
         })
     }
 
@@ -164,6 +251,8 @@ impl Tracer {
                     origin,
                     hook,
                     service,
+                    // Traffic between a pod and its own node is always allowed.
+                    policy: None,
                 });
             }
         };
@@ -189,7 +278,20 @@ impl Tracer {
         if let Some(svc) = &service {
             reason = format!("{reason} [service {svc}]");
         }
+        // Where the packet goes after the first hook, as it left it (rewritten or not).
+        let after = packet::parse_frame(&out.frame).ok();
+        let (src2, dst2, dport2) = after
+            .as_ref()
+            .map_or((input.src, input.dst, input.dport), |p| {
+                (p.src, p.dst, p.dport)
+            });
         if out.dropped {
+            let egress_denied = out.reason == Some(Reason::DropPolicyEgress);
+            let policy = if egress_denied {
+                self.policy_trace(src2, dst2, proto, dport2, true, false)
+            } else {
+                None
+            };
             return Ok(TraceResult {
                 verdict: "drop",
                 dnat: None,
@@ -199,6 +301,7 @@ impl Tracer {
                 origin,
                 hook: Some(hook.name()),
                 service,
+                policy,
             });
         }
         if out.sent_back {
@@ -212,37 +315,79 @@ impl Tracer {
                 origin,
                 hook: Some(hook.name()),
                 service,
+                policy: None,
             });
         }
-        // Leaving through an external interface, the egress program masquerades the source
-        // of connections that need it (it changes nothing else).
-        let egress = testrun::run(&mut self.dp, Hook::TcExt, &out.frame)?;
-        if egress.dropped {
-            return Ok(TraceResult {
-                verdict: "drop",
-                dnat: None,
-                snat: None,
-                reason: egress
-                    .reason
-                    .map(|r| r.describe().to_string())
-                    .unwrap_or(reason),
-                code: egress.reason.map(|r| r.name()),
-                origin,
-                hook: Some(Hook::TcExt.name()),
-                service,
-            });
-        }
-        if egress.reason == Some(Reason::NatMasqSource) {
-            reason = format!(
-                "{reason}; leaving the node: {}",
-                Reason::NatMasqSource.describe()
-            );
-        }
-        let parsed =
-            packet::parse_frame(&egress.frame).map_err(|e| TraceError::Packet(e.to_string()))?;
+        let parsed = after.ok_or_else(|| TraceError::Packet("unparsable output frame".into()))?;
         let dnat = (parsed.dst != input.dst || parsed.dport != input.dport)
             .then(|| format_endpoint(parsed.dst, parsed.dport));
-        let snat = (parsed.src != input.src).then(|| parsed.src.to_string());
+        let mut snat = (parsed.src != input.src).then(|| parsed.src.to_string());
+        let into_pod = self.local_endpoint(parsed.dst);
+        // Leaving the node (not into one of its pods), the external interface's egress
+        // program masquerades the source of connections that need it (nothing else).
+        if !into_pod && !self.desired.local_endpoints.contains(&parsed.dst) {
+            let egress = testrun::run(&mut self.dp, Hook::TcExt, &out.frame)?;
+            if egress.dropped {
+                return Ok(TraceResult {
+                    verdict: "drop",
+                    dnat: None,
+                    snat: None,
+                    reason: egress
+                        .reason
+                        .map(|r| r.describe().to_string())
+                        .unwrap_or(reason),
+                    code: egress.reason.map(|r| r.name()),
+                    origin,
+                    hook: Some(Hook::TcExt.name()),
+                    service,
+                    policy: None,
+                });
+            }
+            if egress.reason == Some(Reason::NatMasqSource) {
+                reason = format!(
+                    "{reason}; leaving the node: {}",
+                    Reason::NatMasqSource.describe()
+                );
+            }
+            let left = packet::parse_frame(&egress.frame)
+                .map_err(|e| TraceError::Packet(e.to_string()))?;
+            snat = (left.src != input.src).then(|| left.src.to_string());
+        }
+        // Into a pod of this node: its to-pod hook (ingress policy) runs next.
+        let mut last_hook = hook;
+        let mut ingress_denied = false;
+        if into_pod {
+            let into = testrun::run(&mut self.dp, Hook::TcToPod, &out.frame)?;
+            last_hook = Hook::TcToPod;
+            if into.dropped {
+                ingress_denied = into.reason == Some(Reason::DropPolicyIngress);
+                let r = into.reason;
+                let mut reason = r
+                    .map(|r| r.describe().to_string())
+                    .unwrap_or_else(|| "no counter moved (unexpected)".into());
+                if let Some(svc) = &service {
+                    reason = format!("{reason} [service {svc}]");
+                }
+                return Ok(TraceResult {
+                    verdict: "drop",
+                    dnat,
+                    snat,
+                    reason,
+                    code: r.map(|r| r.name()),
+                    origin,
+                    hook: Some(last_hook.name()),
+                    service,
+                    policy: self.policy_trace(
+                        parsed.src,
+                        parsed.dst,
+                        proto,
+                        parsed.dport,
+                        false,
+                        ingress_denied,
+                    ),
+                });
+            }
+        }
         let verdict = if dnat.is_some() { "dnat" } else { "pass" };
         Ok(TraceResult {
             verdict,
@@ -251,8 +396,16 @@ impl Tracer {
             reason,
             code,
             origin,
-            hook: Some(hook.name()),
+            hook: Some(last_hook.name()),
             service,
+            policy: self.policy_trace(
+                parsed.src,
+                parsed.dst,
+                proto,
+                parsed.dport,
+                false,
+                ingress_denied,
+            ),
         })
     }
 }
@@ -283,6 +436,20 @@ pub fn explain(input: &FlowInput, r: &TraceResult) -> String {
     }
     if let Some(n) = &r.snat {
         s += &format!(", source masqueraded to {n}");
+    }
+    if let Some(p) = &r.policy {
+        for (dir, end) in [("egress", &p.egress), ("ingress", &p.ingress)] {
+            let who = end.pod.as_deref().unwrap_or("-");
+            let by = if end.policies.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", end.policies.join(", "))
+            };
+            s += &format!("\n  {dir:<9}{who}: {}{by}", end.verdict);
+        }
+        if !p.consistent {
+            s += "\n  WARNING:  the datapath's policy verdict differs from the reference evaluator's";
+        }
     }
     s += &format!("\n  why:       {}\n", r.reason);
     s

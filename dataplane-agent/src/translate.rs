@@ -13,6 +13,7 @@ use crate::desired::{
     BackendAddr, DesiredState, ExternalEntry, Frontend, FrontendEntry, HealthCheck, Masquerade,
     ServicePortRef,
 };
+use crate::maglev::LbAlgorithm;
 use crate::model::{
     ClusterIps, ClusterState, Endpoint, EndpointConditions, EndpointSlice, IpFamily,
     NamespacedName, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
@@ -104,6 +105,7 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
             desired.health_checks.insert(hc.0, hc.1);
         }
     }
+    mark_maglev(&mut desired, state, config);
     desired
 }
 
@@ -112,6 +114,26 @@ fn masquerade_ips(config: &NodeConfig) -> Vec<IpAddr> {
     let v4 = config.node_ips.iter().find(|ip| ip.is_ipv4());
     let v6 = config.node_ips.iter().find(|ip| ip.is_ipv6());
     v4.into_iter().chain(v6).copied().collect()
+}
+
+/// Every frontend (both scopes) of a service balanced by Maglev: its annotation, else the
+/// node's `loadBalancing`.
+fn mark_maglev(desired: &mut DesiredState, state: &ClusterState, config: &NodeConfig) {
+    let maglev: BTreeSet<(&str, &str)> = state
+        .services
+        .values()
+        .filter(|s| s.lb_algorithm.unwrap_or(config.load_balancing) == LbAlgorithm::Maglev)
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
+    for (fe, entry) in &desired.frontends {
+        let svc = (
+            entry.service.namespace.as_str(),
+            entry.service.name.as_str(),
+        );
+        if maglev.contains(&svc) {
+            desired.maglev.insert(*fe, config.maglev_table_size);
+        }
+    }
 }
 
 /// The addresses external traffic reaches `port` of `svc` at, in one family: NodePort on
@@ -675,6 +697,60 @@ mod tests {
         // The API's default timeout: 3 hours.
         assert_eq!(aff("10.96.0.2"), Some(10_800));
         assert_eq!(aff("10.96.0.3"), None);
+    }
+
+    #[test]
+    fn maglev_by_annotation_or_node_default_marks_every_frontend_of_the_service() {
+        let with = |ns: &str, name: &str, annotation: &str, spec: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}, \
+                 annotations: {{skiff.io/lb-algorithm: {annotation}}}}}\nspec: {spec}\n"
+            )
+        };
+        let docs = [
+            with(
+                "ns",
+                "m",
+                "maglev",
+                "{type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}]}",
+            ),
+            with(
+                "ns",
+                "r",
+                "random",
+                "{clusterIP: 10.96.0.2, ports: [{port: 80}]}",
+            ),
+            svc("ns", "d", "{clusterIP: 10.96.0.3, ports: [{port: 80}]}"),
+        ];
+        let d = translate(&state(&docs), &config());
+        let m = |ip: &str, port| d.maglev.get(&fe(ip, port, Tcp)).copied();
+        assert_eq!(m("10.96.0.1", 80), Some(16_381));
+        assert_eq!(m("192.0.2.1", 30080), Some(16_381), "the NodePort too");
+        assert_eq!((m("10.96.0.2", 80), m("10.96.0.3", 80)), (None, None));
+
+        // Node default maglev: the unannotated service follows it, `random` opts out.
+        let cfg = NodeConfig::from_yaml_str(
+            "nodeName: node-a\nnodeIPs: [192.0.2.1]\nloadBalancing: maglev\nmaglevTableSize: 251\n",
+            "test",
+        )
+        .unwrap();
+        let d = translate(&state(&docs), &cfg);
+        let m = |ip: &str| d.maglev.get(&fe(ip, 80, Tcp)).copied();
+        assert_eq!(
+            (m("10.96.0.1"), m("10.96.0.2"), m("10.96.0.3")),
+            (Some(251), None, Some(251))
+        );
+
+        // An unknown value is a validation error naming the annotation.
+        let bad: core::Service = serde_yaml::from_str(&with(
+            "ns",
+            "x",
+            "roundrobin",
+            "{clusterIP: 10.96.0.4, ports: [{port: 80}]}",
+        ))
+        .unwrap();
+        let err = Service::from_k8s(&bad).unwrap_err().to_string();
+        assert!(err.contains("skiff.io/lb-algorithm"), "{err}");
     }
 
     #[test]

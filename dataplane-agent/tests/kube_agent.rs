@@ -1,8 +1,9 @@
 //! The real agent binary in Kubernetes mode: `skiff run --kubernetes` in a node namespace,
 //! watching an in-process fake API server (served from inside that namespace), pods behind
 //! veths, real connections. Covers the wiring the source tests cannot: a config without
-//! nodeName/nodeIPs, readiness, metrics and the status file, an endpoint change through the
-//! API, and a relist after 410 Gone removing exactly the deleted service from the datapath.
+//! nodeName/nodeIPs, readiness, metrics and the status file, both pod programs attached to
+//! every pod veth with pinned links, an endpoint change through the API, and a relist after
+//! 410 Gone removing exactly the deleted service from the datapath.
 //! Needs root.
 
 #[path = "support/fake_apiserver.rs"]
@@ -170,6 +171,22 @@ fn agent_in_kubernetes_mode_follows_the_api_and_converges_after_410() -> anyhow:
     });
     let t = tcp_round(client.ns(), ip("10.96.0.10"), 80, 40, TIMEOUT)?;
     assert_eq!((t.failures, t.answers.len()), (0, 2), "{}", t.table());
+
+    // Both pod programs on every pod veth (from-pod at TC ingress, to-pod at TC egress),
+    // each a live pinned link, as `skiff status` reads them.
+    let report = skiff::status::status_report(&bpffs.pin_dir(), &scratch.join("state"))?;
+    let on = |hook| -> std::collections::BTreeSet<String> {
+        report
+            .links
+            .iter()
+            .filter(|l| l.hook == Some(hook))
+            .filter(|l| l.kernel.as_ref().is_ok_and(|k| k.link_type == "tcx"))
+            .map(|l| l.iface.clone())
+            .collect()
+    };
+    let from_pod = on(skiff::status::Hook::TcIngress);
+    assert!(from_pod.len() >= 3, "{:?}", report.links);
+    assert_eq!(from_pod, on(skiff::status::Hook::TcEgress));
     assert_eq!(
         tcp_round(client.ns(), ip("10.96.0.20"), 80, 5, TIMEOUT)?.failures,
         0

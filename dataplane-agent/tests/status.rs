@@ -13,8 +13,9 @@ use aya::maps::IterableMap as _;
 use aya::programs::links::FdLink;
 use aya::programs::{TcAttachType, XdpMode};
 use dataplane_common::maps::{
-    AFFINITY, AFFINITY_MAX, BACKENDS, BACKENDS_MAX, CONNTRACK, CONNTRACK_MAX, SERVICES,
-    SERVICES_MAX, STATS, STATS_MAX,
+    AFFINITY, AFFINITY_MAX, BACKENDS, BACKENDS_MAX, CONNTRACK, CONNTRACK_MAX, POLICY_CONNTRACK,
+    POLICY_ENDPOINTS, POLICY_ENDPOINTS_MAX, POLICY_RULES, POLICY_RULES_MAX, SERVICES, SERVICES_MAX,
+    STATS, STATS_MAX,
 };
 use dataplane_common::Reason;
 use skiff::bpf::testrun::{self, Hook as RunHook};
@@ -219,6 +220,21 @@ fn status_reports_the_pinned_state_of_a_loaded_datapath() {
         .unwrap();
     dp.maps.stats.map().pin(maps_dir.join(STATS)).unwrap();
     dp.maps.affinity.map().pin(maps_dir.join(AFFINITY)).unwrap();
+    dp.maps
+        .policy_endpoints
+        .map()
+        .pin(maps_dir.join(POLICY_ENDPOINTS))
+        .unwrap();
+    dp.maps
+        .policy_rules
+        .map()
+        .pin(maps_dir.join(POLICY_RULES))
+        .unwrap();
+    dp.maps
+        .policy_conntrack
+        .map()
+        .pin(maps_dir.join(POLICY_CONNTRACK))
+        .unwrap();
 
     // Real attachments with pinned links, named as the agent names them.
     let veth = Veth::create();
@@ -260,7 +276,13 @@ fn status_reports_the_pinned_state_of_a_loaded_datapath() {
     assert_eq!(usage(&report, STATS), (None, STATS_MAX));
     // No service here has session affinity.
     assert_eq!(usage(&report, AFFINITY), (Some(0), AFFINITY_MAX));
-    assert_eq!(report.maps_pinned(), 5);
+    // No pods or policies here; the one translated packet left no pod's policy entry either.
+    assert_eq!(
+        usage(&report, POLICY_ENDPOINTS),
+        (Some(0), POLICY_ENDPOINTS_MAX)
+    );
+    assert_eq!(usage(&report, POLICY_RULES), (Some(0), POLICY_RULES_MAX));
+    assert_eq!(report.maps_pinned(), 8);
     assert_eq!(report.packets, Probe::Read(stats.clone()));
     assert_eq!(stats[&Reason::NatNew], 1);
 
@@ -287,7 +309,16 @@ fn status_reports_the_pinned_state_of_a_loaded_datapath() {
     assert_eq!(xdp_report.hook, Some(Hook::Xdp));
     assert_eq!(xdp_report.kernel.as_ref().unwrap().link_type, "xdp");
 
-    for name in [SERVICES, BACKENDS, CONNTRACK, AFFINITY, STATS] {
+    for name in [
+        SERVICES,
+        BACKENDS,
+        CONNTRACK,
+        AFFINITY,
+        STATS,
+        POLICY_ENDPOINTS,
+        POLICY_RULES,
+        POLICY_CONNTRACK,
+    ] {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
     let svc_line = text.lines().find(|l| l.contains(SERVICES)).unwrap();
@@ -295,7 +326,7 @@ fn status_reports_the_pinned_state_of_a_loaded_datapath() {
         svc_line.contains(&services.to_string()) && svc_line.contains(&SERVICES_MAX.to_string()),
         "{svc_line}"
     );
-    assert!(text.contains("Loaded:    yes (5 maps pinned)"), "{text}");
+    assert!(text.contains("Loaded:    yes (8 maps pinned)"), "{text}");
     assert!(
         text.contains("Attached:  2 live of 2 pinned links"),
         "{text}"
@@ -329,7 +360,16 @@ fn status_reports_the_pinned_state_of_a_loaded_datapath() {
     assert!(report.to_string().contains("interface gone"));
 
     // Unpinning the maps (as `cleanup` does) leaves a report of nothing pinned.
-    for name in [SERVICES, BACKENDS, CONNTRACK, AFFINITY, STATS] {
+    for name in [
+        SERVICES,
+        BACKENDS,
+        CONNTRACK,
+        AFFINITY,
+        STATS,
+        POLICY_ENDPOINTS,
+        POLICY_RULES,
+        POLICY_CONNTRACK,
+    ] {
         std::fs::remove_file(maps_dir.join(name)).unwrap();
     }
     let report = status_report(&root, &state_dir).unwrap();

@@ -9,6 +9,7 @@
 //!   per struct, because the kernel compares keys byte for byte.
 #![no_std]
 
+pub mod maglev;
 pub mod maps;
 pub mod policy;
 pub mod reason;
@@ -61,8 +62,12 @@ pub struct ServiceValue {
     pub flags: u16,
     /// `sessionAffinity: ClientIP` timeout in seconds when `SVC_F_AFFINITY` is set.
     pub affinity_timeout_s: u32,
+    /// Maglev lookup table id (`maglev::MaglevKey::table`) when `SVC_F_MAGLEV` is set.
+    pub maglev_table: u16,
+    /// Maglev table size M (a prime, at most 65,521) when `SVC_F_MAGLEV` is set.
+    pub maglev_size: u16,
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 
 /// Session affinity key: a service frontend (its master key, slot 0) and a client address.
 #[repr(C)]
@@ -172,13 +177,16 @@ pub const SVC_F_DROP_EMPTY: u16 = 1 << 1;
 /// New connections must come from one of the frontend's `loadBalancerSourceRanges`
 /// (`SK_LBSRC_V1` under the id in `backend_id`).
 pub const SVC_F_SOURCE_RANGES: u16 = 1 << 2;
+/// New connections pick their backend from the Maglev table (`maglev_table`, `maglev_size`)
+/// by a hash of the 5-tuple instead of at random (see `maglev`).
+pub const SVC_F_MAGLEV: u16 = 1 << 3;
 /// Masquerade traffic from outside the node to a backend on another node (the external
 /// addresses of an `externalTrafficPolicy: Cluster` Service; every ClusterIP with
 /// `masqueradeAll`).
-pub const SVC_F_MASQ: u16 = 1 << 3;
+pub const SVC_F_MASQ: u16 = 1 << 4;
 /// Masquerade like `SVC_F_MASQ`, but only sources outside `clusterCIDRs` (`SK_PODNET_V1`):
 /// kube-proxy's rule for ClusterIPs.
-pub const SVC_F_MASQ_OFF_CLUSTER: u16 = 1 << 4;
+pub const SVC_F_MASQ_OFF_CLUSTER: u16 = 1 << 5;
 
 /// Frontend scopes (`ServiceKey::scope`).
 pub const SCOPE_INTERNAL: u8 = 0;

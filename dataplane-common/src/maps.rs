@@ -2,8 +2,9 @@
 //! suffix changes whenever a map's key or value layout changes, so that a pinned map of the
 //! old layout is never reused by a new program (see README, "Restarts and upgrades").
 
-/// Services: `ServiceKey` -> `ServiceValue` (V2: affinity timeout in the value).
-pub const SERVICES: &str = "SK_SVC_V2";
+/// Services: `ServiceKey` -> `ServiceValue` (V2: affinity timeout in the value; V3: Maglev
+/// table id and size).
+pub const SERVICES: &str = "SK_SVC_V3";
 /// Backends: backend id (u32) -> `Backend`.
 pub const BACKENDS: &str = "SK_BE_V1";
 /// Connection tracking: `CtKey` -> `CtValue` (LRU).
@@ -34,6 +35,12 @@ pub const MASQ_ADDRS: &str = "SK_MASQ_V1";
 /// `clusterCIDRs` (LPM, 16-byte address key, value 1): sources inside are pods.
 pub const POD_NETS: &str = "SK_PODNET_V1";
 pub const POD_NETS_MAX: u32 = 256;
+/// Maglev lookup tables: `maglev::MaglevKey` -> `maglev::MaglevChunk` (hash, not
+/// preallocated).
+pub const MAGLEV: &str = "SK_MGLV_V1";
+/// Table chunks: 147 per table at the default M = 16,381 (512 bytes each, about 74 KiB per
+/// table), so room for 445 such tables (or 111 at M = 65,521). Not preallocated.
+pub const MAGLEV_MAX: u32 = 65_536;
 
 /// Socket-level translations: `sock::SockKey` -> `sock::SockValue` (LRU).
 pub const SOCK: &str = "SK_SOCK_V1";
@@ -64,6 +71,8 @@ pub const POLICY_CONNTRACK: &str = "SK_PCT_V1";
 pub const POLICY_EVENTS: &str = "SK_EVENTS_V1";
 /// Datapath settings (array of u32, `policy::CFG_*`).
 pub const CONFIG: &str = "SK_CFG_V1";
+/// Per-CPU working space of the policy code (kernel only).
+pub const POLICY_SCRATCH: &str = "SK_PSCRATCH_V1";
 
 /// Local pods' addresses (two per dual-stack pod).
 pub const POLICY_ENDPOINTS_MAX: u32 = 16_384;

@@ -113,7 +113,8 @@ pub struct PolicyCtValue {
     pub last_seen_ns: u64,
     /// `PCT_F_*`.
     pub flags: u8,
-    /// `crate::TCP_S_*` bits seen in the original direction.
+    /// `crate::TCP_S_*` bits seen in either direction (a FIN or RST from either end ends
+    /// the connection for policy).
     pub tcp_state: u8,
     pub _pad: [u8; 6],
 }

@@ -21,11 +21,15 @@ pub enum Reason {
     NatEstablished = 9,
     /// Reply of a tracked connection: source translated back to the service frontend.
     NatReply = 10,
-    /// Towards a pod: the destination is not a pod of this node, or not isolated for ingress.
+    /// Towards a pod: the destination is not a pod of this node, or not isolated for ingress,
+    /// or the packet is not subject to policy (IPv6 neighbour discovery).
+    /// (Counted at the to-pod hook; at the from-pod hook the three `PassPolicy*` reasons only
+    /// appear in verdict events, the counter keeps the service pipeline's reason.)
     PassPolicyNone = 11,
     /// Towards a pod: a new connection its ingress policy allows.
     PassPolicyAllowed = 12,
-    /// Towards a pod: a packet of (or a reply to) a connection policy already allowed.
+    /// Towards a pod: a packet of (or a reply to, or an ICMP error about) a connection policy
+    /// already allowed.
     PassPolicyTracked = 13,
     /// A new connection to a service port without usable endpoints: answered with a TCP RST
     /// or an ICMP port unreachable sent back to the client (kube-proxy's REJECT).
@@ -82,6 +86,9 @@ pub enum Reason {
     /// Socket level: `connect()`/`sendmsg()` to a service port without endpoints refused
     /// with ECONNREFUSED (what kube-proxy's REJECT gives a local client).
     DropSockNoEndpoints = 48,
+    /// A Maglev frontend's lookup table entry is missing (the agent writes tables before the
+    /// masters that name them, so this means a bug or a table map that is full).
+    DropMaglevTable = 52,
 }
 
 /// First drop reason.
@@ -91,7 +98,7 @@ pub const REJECT_FIRST: u32 = 16;
 pub const REJECT_LAST: u32 = 17;
 
 impl Reason {
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 34] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -125,6 +132,7 @@ impl Reason {
         Reason::DropSnatNoPort,
         Reason::DropNoMasqAddress,
         Reason::DropSockNoEndpoints,
+        Reason::DropMaglevTable,
     ];
 
     #[inline(always)]
@@ -181,6 +189,7 @@ impl Reason {
             Reason::DropSnatNoPort => "snat_no_port",
             Reason::DropNoMasqAddress => "no_masquerade_address",
             Reason::DropSockNoEndpoints => "sock_no_endpoints",
+            Reason::DropMaglevTable => "maglev_table_missing",
         }
     }
 
@@ -273,6 +282,9 @@ impl Reason {
                 "local socket to a service port without endpoints: connect()/sendmsg() \
                  refused with ECONNREFUSED"
             }
+            Reason::DropMaglevTable => {
+                "Maglev service whose lookup table entry is missing: dropped"
+            }
         }
     }
 }
@@ -286,7 +298,7 @@ mod tests {
     #[test]
     fn drops_are_exactly_the_drop_variants() {
         let drops: std::vec::Vec<_> = Reason::ALL.iter().filter(|r| r.is_drop()).collect();
-        assert_eq!(drops.len(), 14);
+        assert_eq!(drops.len(), 15);
         assert!(drops.iter().all(|r| format!("{r:?}").starts_with("Drop")));
     }
 

@@ -128,6 +128,12 @@ impl lb::Conn for SockConn {
     fn scope(&self) -> u8 {
         dataplane_common::SCOPE_INTERNAL
     }
+    /// The source port is not chosen yet at `connect()`, and no other node ever sees the
+    /// flow untranslated: a random entry of a Maglev table (its shares are Maglev's).
+    #[inline(always)]
+    fn lb_hash(&self) -> u32 {
+        unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() }
+    }
 }
 
 /// The socket's protocol when the service path translates it (TCP and UDP).
@@ -203,8 +209,8 @@ fn forward<F: Family>(ctx: &SockAddrContext, datagram: bool) -> i32 {
         None => {
             conn.client = netns_client(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
             match lb::select_backend(&conn, &svc, conntrack::now()) {
-                Some((id, be)) => (id, be, true),
-                None => return refuse(Reason::DropNoBackend),
+                Ok((id, be)) => (id, be, true),
+                Err(reason) => return refuse(reason),
             }
         }
     };

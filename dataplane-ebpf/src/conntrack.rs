@@ -1,5 +1,6 @@
 //! Connection tracking: one LRU entry per direction of every translated connection, with
-//! per-state idle timeouts so closed and idle connections stop pinning their backend.
+//! per-state idle timeouts so closed and idle connections stop pinning their backend. The
+//! liveness rule (`live`) is shared with the policy conntrack (`policy_ct`).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap};
 use dataplane_common::{
@@ -30,12 +31,13 @@ pub fn key(src: [u8; 16], dst: [u8; 16], sport_be: u16, dport_be: u16, proto: u8
     }
 }
 
+/// The `TCP_S_*` bits a packet with these TCP flags adds to its entry (0 for other protocols).
 #[inline(always)]
-pub fn state_bits(flow: &Flow) -> u8 {
-    if flow.proto != PROTO_TCP {
+pub fn state_bits(proto: u8, tcp_flags: u8) -> u8 {
+    if proto != PROTO_TCP {
         return 0;
     }
-    let f = flow.tcp_flags;
+    let f = tcp_flags;
     let mut s = 0;
     if f & TCP_SYN != 0 {
         s |= TCP_S_SYN;
@@ -71,8 +73,37 @@ pub fn expired(v: &CtValue, proto: u8, now: u64) -> bool {
     now.saturating_sub(v.last_seen_ns) > timeout(proto, v.tcp_state)
 }
 
-/// The live entry for this packet's direction, refreshed; `None` when there is none, it has
-/// expired, or a TCP SYN reopens a closed tuple (a new connection on a reused port).
+/// Whether an entry (its `last_seen_ns` and `tcp_state`) still stands for the connection of a
+/// packet with this protocol and these TCP flags, refreshing it if so. Not when it has
+/// expired, or when a TCP SYN reopens a closed tuple (a new connection on a reused port).
+#[inline(always)]
+pub fn live(
+    proto: u8,
+    tcp_flags: u8,
+    last_seen_ns: &mut u64,
+    tcp_state: &mut u8,
+    now: u64,
+) -> bool {
+    if now.saturating_sub(*last_seen_ns) > timeout(proto, *tcp_state) {
+        return false;
+    }
+    let bits = state_bits(proto, tcp_flags);
+    if bits & TCP_S_SYN != 0
+        && tcp_flags & TCP_ACK == 0
+        && *tcp_state & (TCP_S_FIN | TCP_S_RST) != 0
+    {
+        return false;
+    }
+    let state = *tcp_state | bits;
+    if state != *tcp_state || now.saturating_sub(*last_seen_ns) > CT_REFRESH_NS {
+        *tcp_state = state;
+        *last_seen_ns = now;
+    }
+    true
+}
+
+/// The live entry for this packet's direction, refreshed; `None` when there is none or it is
+/// no longer live (see `live`).
 #[inline(always)]
 pub fn lookup(flow: &Flow, now: u64) -> Option<&CtValue> {
     let k = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
@@ -94,20 +125,14 @@ pub fn lookup_in<'a>(
 fn refresh<'a>(p: *mut CtValue, flow: &Flow, now: u64) -> Option<&'a CtValue> {
     // Racing writers on other CPUs can only refresh the same fields with similar values.
     let v = unsafe { &mut *p };
-    if now.saturating_sub(v.last_seen_ns) > timeout(flow.proto, v.tcp_state) {
+    if !live(
+        flow.proto,
+        flow.tcp_flags,
+        &mut v.last_seen_ns,
+        &mut v.tcp_state,
+        now,
+    ) {
         return None;
-    }
-    let bits = state_bits(flow);
-    if bits & TCP_S_SYN != 0
-        && flow.tcp_flags & TCP_ACK == 0
-        && v.tcp_state & (TCP_S_FIN | TCP_S_RST) != 0
-    {
-        return None;
-    }
-    let state = v.tcp_state | bits;
-    if state != v.tcp_state || now.saturating_sub(v.last_seen_ns) > CT_REFRESH_NS {
-        v.tcp_state = state;
-        v.last_seen_ns = now;
     }
     Some(v)
 }
@@ -152,7 +177,7 @@ pub fn create(
         backend_id,
         last_seen_ns: now,
         flags: CT_F_DNAT,
-        tcp_state: state_bits(flow),
+        tcp_state: state_bits(flow.proto, flow.tcp_flags),
         _pad: [0; 6],
     };
     CONNTRACK.insert(&s.key, &s.value, 0).map_err(|_| ())

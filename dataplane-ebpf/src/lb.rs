@@ -4,11 +4,12 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_common::{
-    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SourceRangeKey, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL, SVC_F_AFFINITY,
+    maglev::flow_hash, AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceValue,
+    SourceRangeKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV,
 };
 
 use crate::{
+    maglev,
     maps::{NetKey, AFFINITY, BACKENDS, SCRATCH, SERVICES, SERVICE_NETS, SOURCE_RANGES},
     parse::Flow,
 };
@@ -24,6 +25,8 @@ pub trait Conn {
     fn client(&self) -> &[u8; 16];
     /// The frontend scope (`SCOPE_*`) the lookups use.
     fn scope(&self) -> u8;
+    /// What a Maglev frontend balances by (`maglev::flow_hash` of the 5-tuple for packets).
+    fn lb_hash(&self) -> u32;
 }
 
 impl Conn for Flow {
@@ -46,6 +49,17 @@ impl Conn for Flow {
     #[inline(always)]
     fn scope(&self) -> u8 {
         self.scope
+    }
+    /// The same on every node for the same packet: what makes Maglev's choice consistent.
+    #[inline(always)]
+    fn lb_hash(&self) -> u32 {
+        flow_hash(
+            &self.src,
+            &self.dst,
+            u16::from_be(self.sport_be),
+            u16::from_be(self.dport_be),
+            self.proto,
+        )
     }
 }
 
@@ -104,27 +118,42 @@ pub fn service_net(flow: &Flow) -> Option<u32> {
 }
 
 /// Pick the backend of a new connection: the client's affinity backend when the service has
-/// `sessionAffinity: ClientIP` and it is still valid, else uniformly at random among the
-/// service's `count` slots (remembered for affinity).
+/// `sessionAffinity: ClientIP` and it is still valid, else the Maglev table entry the flow
+/// hashes to (`SVC_F_MAGLEV`) or a slot uniformly at random among the service's `count`
+/// (remembered for affinity). The error is the drop reason.
 #[inline(always)]
-pub fn select_backend<F: Conn>(flow: &F, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
+pub fn select_backend<F: Conn>(
+    flow: &F,
+    svc: &ServiceValue,
+    now: u64,
+) -> Result<(u32, Backend), Reason> {
     if svc.count == 0 {
-        return None;
+        return Err(Reason::DropNoBackend);
     }
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
     if affinity {
         if let Some(hit) = affinity_backend(flow, svc, now) {
-            return Some(hit);
+            return Ok(hit);
         }
     }
-    let r = unsafe { bpf_get_prandom_u32() };
-    let slot = 1 + (r % svc.count as u32) as u16;
-    let id = unsafe { SERVICES.get(&service_key(flow, slot)) }?.backend_id;
-    let be = unsafe { BACKENDS.get(&id) }?;
+    // `slot` is what affinity remembers: the slot, or for Maglev the table entry + 1.
+    let (id, slot) = if svc.flags & SVC_F_MAGLEV != 0 {
+        let i = maglev::index(svc, flow.lb_hash()).ok_or(Reason::DropMaglevTable)?;
+        match maglev::entry(svc.maglev_table as u32, i) {
+            0 => return Err(Reason::DropMaglevTable),
+            id => (id, (i as u16).wrapping_add(1)),
+        }
+    } else {
+        let r = unsafe { bpf_get_prandom_u32() };
+        let slot = 1 + (r % svc.count as u32) as u16;
+        let v = unsafe { SERVICES.get(&service_key(flow, slot)) }.ok_or(Reason::DropNoBackend)?;
+        (v.backend_id, slot)
+    };
+    let be = unsafe { BACKENDS.get(&id) }.ok_or(Reason::DropNoBackend)?;
     if affinity {
         remember(flow, id, slot, now);
     }
-    Some((id, *be))
+    Ok((id, *be))
 }
 
 /// The per-CPU scratch copy of this client's affinity key (40 bytes: too many for the stack
@@ -139,19 +168,26 @@ fn affinity_key<F: Conn>(flow: &F) -> Option<&'static mut AffinityKey> {
 }
 
 /// The client's last backend, if used within the timeout and still in the same slot of the
-/// service (a backend that left the service is never chosen again). Refreshes its time, as
-/// kube-proxy's `recent` match does on each new connection.
+/// service, or for Maglev at the same table entry (a backend that left the service is never
+/// chosen again). Refreshes its time, as kube-proxy's `recent` match does on each new
+/// connection.
 #[inline(always)]
 fn affinity_backend<F: Conn>(flow: &F, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
     let key = affinity_key(flow)?;
     let v = AFFINITY.get_ptr_mut(&*key)?;
     let v = unsafe { &mut *v };
     let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
-    if now.saturating_sub(v.last_used_ns) > timeout_ns || v.slot == 0 || v.slot > svc.count {
+    if now.saturating_sub(v.last_used_ns) > timeout_ns || v.slot == 0 {
         return None;
     }
-    let slot = unsafe { SERVICES.get(&service_key(flow, v.slot)) }?;
-    if slot.backend_id != v.backend_id {
+    let current = if svc.flags & SVC_F_MAGLEV != 0 {
+        maglev::entry(svc.maglev_table as u32, (v.slot as u32).wrapping_sub(1))
+    } else if v.slot <= svc.count {
+        unsafe { SERVICES.get(&service_key(flow, v.slot)) }?.backend_id
+    } else {
+        return None;
+    };
+    if current != v.backend_id {
         return None;
     }
     let be = unsafe { BACKENDS.get(&v.backend_id) }?;

@@ -1,6 +1,6 @@
-//! skiff eBPF programs. One entry file per attach point (`tc_pod`, `xdp_ext`, `tc_ext`,
-//! `cgroup_sock`); the packet
-//! pipeline is shared through the `ctx::Packet` abstraction so TC and XDP run the same code.
+//! skiff eBPF programs. One entry file per attach point (`tc_pod`, `tc_to_pod`, `xdp_ext`,
+//! `tc_ext`, `cgroup_sock`); the packet pipeline is shared through the `ctx::Packet`
+//! abstraction so TC and XDP run the same code.
 #![no_std]
 #![no_main]
 // Map helpers take `impl Borrow<K>`: passing keys by value, as this lint asks, copies them onto
@@ -12,16 +12,22 @@ mod cgroup_sock;
 mod checksum;
 mod conntrack;
 mod ctx;
+mod events;
 mod lb;
+mod maglev;
 mod maps;
 mod nat;
 mod parse;
+mod policy;
+mod policy_ct;
+mod policy_icmp;
 mod reject;
 mod service;
 mod snat;
 mod stats;
 mod tc_ext;
 mod tc_pod;
+mod tc_to_pod;
 mod xdp_ext;
 
 #[cfg(not(test))]

@@ -1,16 +1,21 @@
 //! The one owner of every BPF map on the kernel side. Names must equal
 //! `dataplane_common::maps::*` (the agent opens maps by those names; its tests check them).
 
+use crate::policy;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dataplane_common::{
+    maglev::{MaglevChunk, MaglevKey},
     maps::{
-        AFFINITY_MAX, BACKENDS_MAX, CONNTRACK_MAX, POD_NETS_MAX, SERVICES_MAX, SERVICE_NETS_MAX,
-        SNAT_MAX, SOCK_MAX, SOURCE_RANGES_MAX, STATS_MAX,
+        AFFINITY_MAX, BACKENDS_MAX, CONFIG_MAX, CONNTRACK_MAX, MAGLEV_MAX, POD_NETS_MAX,
+        POLICY_CONNTRACK_MAX, POLICY_ENDPOINTS_MAX, POLICY_EVENTS_BYTES, POLICY_IDENTITIES_MAX,
+        POLICY_RULES_MAX, SERVICES_MAX, SERVICE_NETS_MAX, SNAT_MAX, SOCK_MAX, SOURCE_RANGES_MAX,
+        STATS_MAX,
     },
+    policy::{Endpoint, IpKey, PolicyCtValue, PolicyKey, PolicyValue},
     sock::{SockKey, SockValue},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Scratch, ServiceKey, ServiceValue,
     SourceRangeKey,
@@ -23,7 +28,7 @@ pub type NetKey = Key<[u8; 16]>;
 
 /// Service frontends and their backend slots. Not preallocated: memory follows the number of
 /// services, not the map's capacity.
-#[map(name = "SK_SVC_V2")]
+#[map(name = "SK_SVC_V3")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::with_max_entries(SERVICES_MAX, BPF_F_NO_PREALLOC);
 
@@ -83,3 +88,44 @@ pub static MASQ_ADDRS: Array<[u8; 16]> = Array::with_max_entries(2, 0);
 #[map(name = "SK_PODNET_V1")]
 pub static POD_NETS: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(POD_NETS_MAX, BPF_F_NO_PREALLOC);
+
+/// Maglev lookup tables in chunks (see `dataplane_common::maglev`). Not preallocated: only
+/// Maglev frontends' tables take memory.
+#[map(name = "SK_MGLV_V1")]
+pub static MAGLEV: HashMap<MaglevKey, MaglevChunk> =
+    HashMap::with_max_entries(MAGLEV_MAX, BPF_F_NO_PREALLOC);
+
+// NetworkPolicy (layouts and meaning: `dataplane_common::policy`).
+
+/// Local pod address -> endpoint id and isolation.
+#[map(name = "SK_EP_V1")]
+pub static POLICY_ENDPOINTS: HashMap<IpKey, Endpoint> =
+    HashMap::with_max_entries(POLICY_ENDPOINTS_MAX, BPF_F_NO_PREALLOC);
+
+/// Remote address prefix -> identity (longest prefix wins). LPM tries are never preallocated.
+#[map(name = "SK_IPID_V1")]
+pub static POLICY_IDENTITIES: LpmTrie<IpKey, u32> =
+    LpmTrie::with_max_entries(POLICY_IDENTITIES_MAX, BPF_F_NO_PREALLOC);
+
+/// (endpoint, identity, protocol, direction) -> allowed ports.
+#[map(name = "SK_POL_V1")]
+pub static POLICY_RULES: HashMap<PolicyKey, PolicyValue> =
+    HashMap::with_max_entries(POLICY_RULES_MAX, BPF_F_NO_PREALLOC);
+
+/// Policy connection tracking. LRU: when full, the oldest connections are forgotten (their
+/// next packet is checked against policy again) instead of new ones failing.
+#[map(name = "SK_PCT_V1")]
+pub static POLICY_CONNTRACK: LruHashMap<CtKey, PolicyCtValue> =
+    LruHashMap::with_max_entries(POLICY_CONNTRACK_MAX, 0);
+
+/// Policy verdict events for `skiff observe`.
+#[map(name = "SK_EVENTS_V1")]
+pub static POLICY_EVENTS: RingBuf = RingBuf::with_byte_size(POLICY_EVENTS_BYTES, 0);
+
+/// Datapath settings written by the agent (`policy::CFG_*`).
+#[map(name = "SK_CFG_V1")]
+pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_MAX, 0);
+
+/// Per-CPU working space of the policy code (kernel only: never opened by the agent).
+#[map(name = "SK_PSCRATCH_V1")]
+pub static POLICY_SCRATCH: PerCpuArray<policy::Scratch> = PerCpuArray::with_max_entries(1, 0);

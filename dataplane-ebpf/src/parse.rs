@@ -1,9 +1,10 @@
 //! Header parsing: Ethernet, IPv4/IPv6 (with a bounded walk over IPv6 extension headers),
-//! and the ports of TCP/UDP/SCTP.
+//! and the ports of TCP/UDP/SCTP. Other IP protocols (ICMP, ...) come back with their
+//! addresses and zero ports: the service datapath passes them, NetworkPolicy still checks them.
 
 use dataplane_common::{v4_mapped, Reason, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
-use crate::ctx::{load, Packet};
+use crate::ctx::{load, Packet, Tc};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -36,8 +37,10 @@ pub enum Parsed {
     NotIp,
     /// A fragment without the transport header.
     Fragment,
-    /// IP, but not a protocol with ports the service datapath translates.
-    Other,
+    /// IP, but not a protocol with ports the service datapath translates: addresses and
+    /// protocol set, ports and TCP flags 0, `l4_off` where its header would start (it may be
+    /// truncated: nothing of it was read).
+    Other(Flow),
     Flow(Flow),
 }
 
@@ -56,6 +59,14 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Reason> {
         ETH_P_IPV6 => parse_v6(ctx),
         _ => Ok(Parsed::NotIp),
     }
+}
+
+/// `parse` as a subprogram, for the TC hooks: its temporaries then stay out of their stack
+/// frames, which policy and the service pipeline need. (Not for XDP: there LLVM hands the
+/// subprogram packet pointers the verifier refuses to do arithmetic on.)
+#[inline(never)]
+pub fn parse_tc(ctx: &Tc) -> Result<Parsed, Reason> {
+    parse(ctx)
 }
 
 #[inline(always)]
@@ -132,7 +143,20 @@ fn l4<C: Packet>(
         PROTO_TCP => 20,
         PROTO_UDP => 8,
         PROTO_SCTP => 12,
-        _ => return Ok(Parsed::Other),
+        _ => {
+            return Ok(Parsed::Other(Flow {
+                src,
+                dst,
+                sport_be: 0,
+                dport_be: 0,
+                proto,
+                v6,
+                tcp_flags: 0,
+                l3_off,
+                l4_off,
+                scope: 0,
+            }))
+        }
     };
     // The whole fixed header must be there, not just the ports: NAT writes its checksum.
     if l4_off + min > ctx.data_end() - ctx.data() {

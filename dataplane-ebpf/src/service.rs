@@ -14,28 +14,26 @@ use crate::{
     reject, snat,
 };
 
-/// The pipeline for packets from pods (and the node): internal-scope frontends only.
-#[inline(always)]
-pub fn handle<C: Packet>(ctx: &C) -> Reason {
-    handle_scoped(ctx, false)
-}
-
 /// The pipeline for packets from outside the node (XDP on an external interface):
-/// external-scope frontends first.
+/// external-scope frontends first. (The from-pod hook parses itself and calls `translate`.)
 #[inline(always)]
 pub fn handle_external<C: Packet>(ctx: &C) -> Reason {
-    handle_scoped(ctx, true)
-}
-
-#[inline(always)]
-fn handle_scoped<C: Packet>(ctx: &C, external: bool) -> Reason {
-    let mut flow = match parse::parse(ctx) {
+    let flow = match parse::parse(ctx) {
         Ok(Parsed::Flow(f)) => f,
         Ok(Parsed::NotIp) => return Reason::PassNotIp,
         Ok(Parsed::Fragment) => return Reason::PassFragment,
-        Ok(Parsed::Other) => return Reason::PassOtherProto,
+        Ok(Parsed::Other(_)) => return Reason::PassOtherProto,
         Err(r) => return r,
     };
+    translate(ctx, &flow, true)
+}
+
+/// The service pipeline for a parsed TCP/UDP/SCTP flow (`external`: from outside the node,
+/// external-scope frontends first). The from-pod hook parses first itself, so that
+/// NetworkPolicy checks the same flow afterwards.
+#[inline(always)]
+pub fn translate<C: Packet>(ctx: &C, flow: &Flow, external: bool) -> Reason {
+    let mut flow = *flow;
     let now = conntrack::now();
 
     if let Some(ct) = conntrack::lookup(&flow, now) {
@@ -98,8 +96,9 @@ fn new_connection<C: Packet>(
     now: u64,
     external: bool,
 ) -> Reason {
-    let Some((id, be)) = lb::select_backend(flow, svc, now) else {
-        return Reason::DropNoBackend;
+    let (id, be) = match lb::select_backend(flow, svc, now) {
+        Ok(hit) => hit,
+        Err(reason) => return reason,
     };
     // Only traffic from outside the node is masqueraded: pods' replies return through
     // their node whatever the backend.

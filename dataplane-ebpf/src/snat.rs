@@ -92,7 +92,7 @@ pub fn track_new(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Result
         backend_id,
         last_seen_ns: now,
         flags: CT_F_DNAT | CT_F_MASQ,
-        tcp_state: state_bits(flow),
+        tcp_state: state_bits(flow.proto, flow.tcp_flags),
         _pad: [0; 6],
     };
     CONNTRACK.insert(&s.key, &s.value, 0).map_err(|_| ())
@@ -118,7 +118,7 @@ pub fn egress<C: Packet>(ctx: &C) -> Reason {
         Ok(Parsed::Flow(f)) => f,
         Ok(Parsed::NotIp) => return Reason::PassNotIp,
         Ok(Parsed::Fragment) => return Reason::PassFragment,
-        Ok(Parsed::Other) => return Reason::PassOtherProto,
+        Ok(Parsed::Other(_)) => return Reason::PassOtherProto,
         Err(_) => return Reason::PassNoMasq,
     };
     let now = conntrack::now();
@@ -199,7 +199,7 @@ fn first_packet<C: Packet>(ctx: &C, flow: &Flow, now: u64) -> Reason {
         backend_id,
         last_seen_ns: now,
         flags: CT_F_SNAT,
-        tcp_state: state_bits(flow),
+        tcp_state: state_bits(flow.proto, flow.tcp_flags),
         _pad: [0; 6],
     };
     if out.is_err() || SNAT.insert(&s.key, &s.value, 0).is_err() {

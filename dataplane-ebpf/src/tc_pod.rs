@@ -1,18 +1,42 @@
 //! TC ingress on the host side of each pod's veth: sees every packet a pod sends, so it
-//! translates pods' connections to services and, on the backend pod's veth, their replies.
+//! translates pods' connections to services and, on the backend pod's veth, their replies,
+//! then enforces the pod's egress NetworkPolicy on the translated flow.
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT, helpers::bpf_redirect, macros::classifier, programs::TcContext,
 };
+use dataplane_common::Reason;
 
-use crate::{ctx::Tc, service, stats};
+use crate::{
+    ctx::Tc,
+    parse::{self, Flow, Parsed},
+    policy, service, stats,
+};
 
 /// TC_ACT_UNSPEC: no opinion, the next TCX program (or the stack) decides.
 const TC_ACT_NEXT: i32 = -1;
 
 #[classifier]
 pub fn skiff_tc_pod(ctx: TcContext) -> i32 {
-    let reason = service::handle(&Tc(&ctx));
+    let tc = Tc(&ctx);
+    // Matched by reference: a moved-out copy of the flow would cost stack the call chain
+    // below does not have.
+    let parsed = parse::parse_tc(&tc);
+    let reason = match &parsed {
+        Ok(Parsed::Flow(f)) => {
+            let r = translate(&tc, f);
+            // A rejected packet is now the reply to this pod: no egress policy applies.
+            if r.is_drop() || r.is_reject() {
+                r
+            } else {
+                policy::egress(&tc, f, r)
+            }
+        }
+        Ok(Parsed::Other(f)) => policy::egress(&tc, f, Reason::PassOtherProto),
+        Ok(Parsed::NotIp) => Reason::PassNotIp,
+        Ok(Parsed::Fragment) => Reason::PassFragment,
+        Err(r) => *r,
+    };
     stats::count(reason);
     if reason.is_reject() {
         // The packet is now the reply to the pod: back out of the veth it came in by.
@@ -24,4 +48,12 @@ pub fn skiff_tc_pod(ctx: TcContext) -> i32 {
     } else {
         TC_ACT_NEXT
     }
+}
+
+// Parsing (`parse::parse_tc`), the service pipeline and policy (`policy::enforce`) are
+// subprograms with stack frames of their own: inlined into one function they need more than
+// the 512 bytes of BPF stack.
+#[inline(never)]
+fn translate(tc: &Tc, f: &Flow) -> Reason {
+    service::translate(tc, f, false)
 }

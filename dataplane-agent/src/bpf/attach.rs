@@ -1,5 +1,6 @@
-//! Attaching the programs to interfaces: TC ingress (TCX) on pods' host-side veths, XDP on
-//! external interfaces. With a pin directory every link is pinned, and a restarted agent
+//! Attaching the programs to interfaces: on pods' host-side veths TC ingress (TCX, packets
+//! the pod sends: services and egress policy) and TC egress (packets going into the pod:
+//! ingress policy), XDP on external interfaces. With a pin directory every link is pinned, and a restarted agent
 //! adopts the pinned link and swaps its program atomically (`bpf_link_update`), so packets
 //! are never without a program. The agent rescans interfaces so that new pods are picked up.
 
@@ -18,10 +19,52 @@ use tracing::{info, warn};
 use super::pins::{PinDir, PinError};
 use super::Datapath;
 
+/// Link pin names (`pins::PinDir::link_path`) and `status::Hook` names.
 pub const HOOK_TC: &str = "tc-ingress";
-pub const HOOK_XDP: &str = "xdp";
-/// TC egress on external interfaces (the source half of masquerading).
 pub const HOOK_TC_EGRESS: &str = "tc-egress";
+pub const HOOK_XDP: &str = "xdp";
+/// TC egress on external interfaces (the source half of masquerading); distinct from the
+/// pod veths' `tc-egress`.
+pub const HOOK_TC_EXT: &str = "tc-ext-egress";
+
+/// The TC programs: two on a pod's veth, one on an external interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TcHook {
+    /// `skiff_tc_pod` at a pod veth's TC ingress.
+    FromPod,
+    /// `skiff_tc_to_pod` at a pod veth's TC egress.
+    ToPod,
+    /// `skiff_tc_ext` at an external interface's TC egress.
+    External,
+}
+
+impl TcHook {
+    /// The pod hooks, in attach order.
+    const POD: [TcHook; 2] = [TcHook::ToPod, TcHook::FromPod];
+
+    fn hook(self) -> &'static str {
+        match self {
+            TcHook::FromPod => HOOK_TC,
+            TcHook::ToPod => HOOK_TC_EGRESS,
+            TcHook::External => HOOK_TC_EXT,
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            TcHook::FromPod => super::object::PROG_TC_POD,
+            TcHook::ToPod => super::object::PROG_TC_TO_POD,
+            TcHook::External => super::object::PROG_TC_EXT,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            TcHook::FromPod => TcAttachType::Ingress,
+            TcHook::ToPod | TcHook::External => TcAttachType::Egress,
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -88,6 +131,7 @@ impl Held {
 pub struct Attachments {
     pins: Option<PinDir>,
     tc: BTreeMap<String, Held>,
+    tc_egress: BTreeMap<String, Held>,
     xdp: BTreeMap<String, Held>,
     ext_tc: BTreeMap<String, Held>,
 }
@@ -97,75 +141,86 @@ impl Attachments {
         Attachments {
             pins,
             tc: BTreeMap::new(),
+            tc_egress: BTreeMap::new(),
             xdp: BTreeMap::new(),
             ext_tc: BTreeMap::new(),
         }
     }
 
-    /// Attach the pod program to every interface in `wanted` that lacks it (adopting pinned
-    /// links), release interfaces no longer wanted or re-created, and drop stale pins.
+    /// Attach both pod programs to every interface in `wanted` that lacks them (adopting
+    /// pinned links), release interfaces no longer wanted or re-created, and drop stale pins.
     pub fn sync_pods(&mut self, dp: &mut Datapath, wanted: &[String]) -> Vec<AttachError> {
         let mut errors = Vec::new();
         let current: BTreeMap<&String, u32> = wanted
             .iter()
             .filter_map(|n| ifindex(n).map(|i| (n, i)))
             .collect();
-        let gone: Vec<String> = self
-            .tc
-            .iter()
-            .filter(|(n, h)| current.get(n) != Some(&h.ifindex))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in gone {
-            if let Some(h) = self.tc.remove(&name) {
-                info!(iface = %name, "interface gone or no longer a pod interface: released");
-                h.release();
-            }
-        }
-        for (name, idx) in current {
-            if self.tc.contains_key(name) {
-                continue;
-            }
-            match self.attach_tc(dp, name, idx) {
-                Ok(h) => {
-                    self.tc.insert(name.clone(), h);
+        // The to-pod program first: a pod's veth never enforces egress without ingress.
+        for hook in TcHook::POD {
+            let held = self.pod_links(hook);
+            let gone: Vec<String> = held
+                .iter()
+                .filter(|(n, h)| current.get(n) != Some(&h.ifindex))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in gone {
+                if let Some(h) = held.remove(&name) {
+                    info!(iface = %name, hook = hook.hook(), "interface gone or no longer a pod interface: released");
+                    h.release();
                 }
-                // An interface can vanish between listing and attaching (pod deleted).
-                Err(e) => errors.push(e),
             }
-        }
-        if let Err(e) = self.drop_stale_pins(HOOK_TC) {
-            errors.push(e);
+            for (name, idx) in &current {
+                if self.pod_links(hook).contains_key(*name) {
+                    continue;
+                }
+                match self.attach_tc(dp, hook, name, *idx) {
+                    Ok(h) => {
+                        self.pod_links(hook).insert((*name).clone(), h);
+                    }
+                    // An interface can vanish between listing and attaching (pod deleted).
+                    Err(e) => errors.push(e),
+                }
+            }
+            if let Err(e) = self.drop_stale_pins(hook.hook()) {
+                errors.push(e);
+            }
         }
         errors
     }
 
-    fn attach_tc(&mut self, dp: &mut Datapath, name: &str, idx: u32) -> Result<Held, AttachError> {
-        self.attach_tc_program(dp, name, idx, TcAttachType::Ingress)
+    fn pod_links(&mut self, hook: TcHook) -> &mut BTreeMap<String, Held> {
+        match hook {
+            TcHook::FromPod => &mut self.tc,
+            TcHook::ToPod => &mut self.tc_egress,
+            TcHook::External => &mut self.ext_tc,
+        }
     }
 
-    /// Attach a TC program with TCX: the pod program at ingress, the external egress
-    /// program at egress.
-    fn attach_tc_program(
+    /// Attach a TC program with TCX (adopting its pinned link if there is one).
+    fn attach_tc(
         &mut self,
         dp: &mut Datapath,
+        hook: TcHook,
         name: &str,
         idx: u32,
-        direction: TcAttachType,
     ) -> Result<Held, AttachError> {
-        let (hook, program, prog) = match direction {
-            TcAttachType::Egress => (HOOK_TC_EGRESS, super::object::PROG_TC_EXT, dp.tc_ext()),
-            _ => (HOOK_TC, super::object::PROG_TC_POD, dp.tc_pod()),
+        let pin = self
+            .pins
+            .as_ref()
+            .map(|p| p.link_path(hook.hook(), idx, name));
+        let prog = match hook {
+            TcHook::FromPod => dp.tc_pod(),
+            TcHook::ToPod => dp.tc_to_pod(),
+            TcHook::External => dp.tc_ext(),
         };
-        let pin = self.pins.as_ref().map(|p| p.link_path(hook, idx, name));
-        let attach_err = attach_error(program, name);
+        let attach_err = attach_error(hook.program(), name);
         let link_err = link_error(name);
         if let Some(fd) = adopt(pin.as_ref(), name) {
             let link = SchedClassifierLink::try_from(fd).map_err(link_err)?;
             let id = prog.attach_to_link(link).map_err(attach_err)?;
             let link =
                 FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?;
-            info!(iface = %name, "adopted pinned tc link: program replaced atomically");
+            info!(iface = %name, hook = hook.hook(), "adopted pinned tc link: program replaced atomically");
             return Ok(Held {
                 ifindex: idx,
                 _link: link,
@@ -173,10 +228,10 @@ impl Attachments {
                 mode: "tcx",
             });
         }
-        let id = prog.attach(name, direction).map_err(attach_err)?;
+        let id = prog.attach(name, hook.attach_type()).map_err(attach_err)?;
         let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?;
         let link = pin_link(link, pin.as_ref(), name)?;
-        info!(iface = %name, pinned = pin.is_some(), hook, "attached tc program");
+        info!(iface = %name, hook = hook.hook(), pinned = pin.is_some(), "attached tc program");
         Ok(Held {
             ifindex: idx,
             _link: link,
@@ -197,7 +252,7 @@ impl Attachments {
             AttachError::List(std::io::Error::other(format!("no interface {name}")))
         })?;
         if !self.ext_tc.contains_key(name) {
-            let held = self.attach_tc_program(dp, name, idx, TcAttachType::Egress)?;
+            let held = self.attach_tc(dp, TcHook::External, name, idx)?;
             self.ext_tc.insert(name.to_string(), held);
         }
         if let Some(h) = self.xdp.get(name) {
@@ -248,7 +303,12 @@ impl Attachments {
         let Some(pins) = &self.pins else {
             return Ok(());
         };
-        let held = if hook == HOOK_TC { &self.tc } else { &self.xdp };
+        let held = match hook {
+            HOOK_TC => &self.tc,
+            HOOK_TC_EGRESS => &self.tc_egress,
+            HOOK_TC_EXT => &self.ext_tc,
+            _ => &self.xdp,
+        };
         for p in pins.links()?.into_iter().filter(|p| p.hook == hook) {
             if !held.values().any(|h| h.pin.as_ref() == Some(&p.path)) {
                 info!(pin = %p.path.display(), "removing stale link pin");
@@ -260,6 +320,7 @@ impl Attachments {
         Ok(())
     }
 
+    /// Pod interfaces with the from-pod program (TC ingress).
     pub fn pod_interfaces(&self) -> impl Iterator<Item = &str> {
         self.tc.keys().map(String::as_str)
     }
@@ -267,6 +328,11 @@ impl Attachments {
     /// External interfaces with the masquerade program at their TC egress.
     pub fn external_egress_interfaces(&self) -> impl Iterator<Item = &str> {
         self.ext_tc.keys().map(String::as_str)
+    }
+
+    /// Pod interfaces with the to-pod program (TC egress).
+    pub fn pod_interfaces_to_pod(&self) -> impl Iterator<Item = &str> {
+        self.tc_egress.keys().map(String::as_str)
     }
 
     pub fn external_interfaces(&self) -> impl Iterator<Item = (&str, &'static str)> {
@@ -277,6 +343,7 @@ impl Attachments {
     pub fn detach_all(&mut self) {
         for (_, h) in std::mem::take(&mut self.tc)
             .into_iter()
+            .chain(std::mem::take(&mut self.tc_egress))
             .chain(std::mem::take(&mut self.xdp))
             .chain(std::mem::take(&mut self.ext_tc))
         {

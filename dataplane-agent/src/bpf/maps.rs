@@ -4,14 +4,17 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
     Ebpf,
 };
 use dataplane_common::{
+    maglev::{MaglevChunk, MaglevKey},
     maps::{
-        AFFINITY, BACKENDS, CONNTRACK, MASQ_ADDRS, POD_NETS, SERVICES, SERVICE_NETS, SNAT, SOCK,
-        SOURCE_RANGES, STATS,
+        AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MASQ_ADDRS, POD_NETS, POLICY_CONNTRACK,
+        POLICY_ENDPOINTS, POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS,
+        SNAT, SOCK, SOURCE_RANGES, STATS,
     },
+    policy::{Endpoint, IpKey, PolicyCtValue, PolicyKey, PolicyValue, CFG_ALLOW_EVENTS, CFG_FLAGS},
     sock::{SockKey, SockValue},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Reason, ServiceKey, ServiceValue,
     SourceRangeKey,
@@ -37,6 +40,20 @@ pub struct Maps {
     pub masq_addrs: Array<MapData, [u8; 16]>,
     /// `clusterCIDRs`.
     pub pod_nets: LpmTrie<MapData, [u8; 16], u32>,
+    /// NetworkPolicy (`dataplane_common::policy`): local pod address -> endpoint.
+    pub policy_endpoints: HashMap<MapData, IpKey, Endpoint>,
+    /// Remote address prefix -> identity (longest prefix wins).
+    pub policy_identities: LpmTrie<MapData, IpKey, u32>,
+    pub policy_rules: HashMap<MapData, PolicyKey, PolicyValue>,
+    /// Policy connection tracking (LRU).
+    pub policy_conntrack: HashMap<MapData, CtKey, PolicyCtValue>,
+    /// Verdict events; read them with `super::events` (one reader at a time: the ring has
+    /// one consumer position).
+    pub policy_events: RingBuf<MapData>,
+    /// Datapath settings (`policy::CFG_*` words).
+    pub config: Array<MapData, u32>,
+    /// Maglev lookup tables in chunks (`dataplane_common::maglev`).
+    pub maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
@@ -67,6 +84,13 @@ impl Maps {
             snat: typed(SNAT, take(ebpf, SNAT)?)?,
             masq_addrs: typed(MASQ_ADDRS, take(ebpf, MASQ_ADDRS)?)?,
             pod_nets: typed(POD_NETS, take(ebpf, POD_NETS)?)?,
+            policy_endpoints: typed(POLICY_ENDPOINTS, take(ebpf, POLICY_ENDPOINTS)?)?,
+            policy_identities: typed(POLICY_IDENTITIES, take(ebpf, POLICY_IDENTITIES)?)?,
+            policy_rules: typed(POLICY_RULES, take(ebpf, POLICY_RULES)?)?,
+            policy_conntrack: typed(POLICY_CONNTRACK, take(ebpf, POLICY_CONNTRACK)?)?,
+            policy_events: typed(POLICY_EVENTS, take(ebpf, POLICY_EVENTS)?)?,
+            config: typed(CONFIG, take(ebpf, CONFIG)?)?,
+            maglev: typed(MAGLEV, take(ebpf, MAGLEV)?)?,
         })
     }
 
@@ -76,6 +100,10 @@ impl Maps {
 
     pub fn read_backends(&self) -> Result<BTreeMap<u32, Backend>, MapError> {
         self.backends.iter().collect()
+    }
+
+    pub fn read_maglev(&self) -> Result<BTreeMap<MaglevKey, MaglevChunk>, MapError> {
+        self.maglev.iter().collect()
     }
 
     pub fn read_service_nets(&self) -> Result<BTreeMap<(u32, [u8; 16]), u32>, MapError> {
@@ -122,12 +150,28 @@ impl Maps {
         self.conntrack.iter().collect()
     }
 
-    /// Forget every tracked connection and session affinity (used by `trace`, whose flows
-    /// start from fresh state).
+    /// Forget every tracked connection (service and policy) and session affinity (used by
+    /// `trace`, whose flows start from fresh state).
     pub fn clear_flow_state(&mut self) -> Result<(), MapError> {
         clear(&mut self.conntrack)?;
         clear(&mut self.snat)?;
-        clear(&mut self.affinity)
+        clear(&mut self.affinity)?;
+        clear(&mut self.policy_conntrack)
+    }
+
+    pub fn policy_conntrack_entries(&self) -> Result<Vec<(CtKey, PolicyCtValue)>, MapError> {
+        self.policy_conntrack.iter().collect()
+    }
+
+    /// Whether the datapath reports allowed new connections too, not only drops.
+    pub fn set_allow_events(&mut self, on: bool) -> Result<(), MapError> {
+        let flags = self.config.get(&CFG_FLAGS, 0)?;
+        let flags = if on {
+            flags | CFG_ALLOW_EVENTS
+        } else {
+            flags & !CFG_ALLOW_EVENTS
+        };
+        self.config.set(CFG_FLAGS, flags, 0)
     }
 }
 

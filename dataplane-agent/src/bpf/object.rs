@@ -7,14 +7,16 @@ use aya::{
 use thiserror::Error;
 
 use dataplane_common::maps::{
-    AFFINITY, BACKENDS, CONNTRACK, MASQ_ADDRS, POD_NETS, SERVICES, SERVICE_NETS, SNAT, SOCK,
-    SOURCE_RANGES, STATS,
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MASQ_ADDRS, POD_NETS, POLICY_CONNTRACK,
+    POLICY_ENDPOINTS, POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SNAT,
+    SOCK, SOURCE_RANGES, STATS,
 };
 
 use super::{maps::Maps, pins::PinDir, socklb::SOCK_PROGRAMS};
 
-/// Maps whose contents must survive an agent restart (the per-CPU scratch map need not).
-pub const PINNED_MAPS: [&str; 11] = [
+/// Maps whose contents must survive an agent restart (the per-CPU scratch maps need not).
+/// The policy events ring is pinned so that `skiff observe` can open it.
+pub const PINNED_MAPS: [&str; 18] = [
     SERVICES,
     BACKENDS,
     CONNTRACK,
@@ -26,6 +28,13 @@ pub const PINNED_MAPS: [&str; 11] = [
     SNAT,
     MASQ_ADDRS,
     POD_NETS,
+    POLICY_ENDPOINTS,
+    POLICY_IDENTITIES,
+    POLICY_RULES,
+    POLICY_CONNTRACK,
+    POLICY_EVENTS,
+    CONFIG,
+    MAGLEV,
 ];
 
 /// The eBPF object built by build.rs from `dataplane-ebpf` (empty with AYA_BUILD_SKIP).
@@ -33,11 +42,13 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk
 
 /// TC ingress on the host side of pods' veths.
 pub const PROG_TC_POD: &str = "skiff_tc_pod";
+/// TC egress on the host side of pods' veths (packets going into the pod): ingress policy.
+pub const PROG_TC_TO_POD: &str = "skiff_tc_to_pod";
 /// XDP on the node's external interfaces.
 pub const PROG_XDP_EXT: &str = "skiff_xdp_ext";
 /// TC egress on the node's external interfaces (the source half of masquerading).
 pub const PROG_TC_EXT: &str = "skiff_tc_ext";
-pub const PROGRAMS: [&str; 3] = [PROG_TC_POD, PROG_XDP_EXT, PROG_TC_EXT];
+pub const PROGRAMS: [&str; 4] = [PROG_TC_POD, PROG_TC_TO_POD, PROG_XDP_EXT, PROG_TC_EXT];
 
 /// Every program of the object: the packet programs and the socket-level ones.
 pub fn all_programs() -> impl Iterator<Item = &'static str> {
@@ -108,6 +119,13 @@ impl Datapath {
 
     pub fn tc_pod(&mut self) -> &mut SchedClassifier {
         match self.ebpf.program_mut(PROG_TC_POD) {
+            Some(aya::programs::Program::SchedClassifier(p)) => p,
+            _ => unreachable!("checked at load"),
+        }
+    }
+
+    pub fn tc_to_pod(&mut self) -> &mut SchedClassifier {
+        match self.ebpf.program_mut(PROG_TC_TO_POD) {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("checked at load"),
         }

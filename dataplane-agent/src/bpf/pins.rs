@@ -7,8 +7,12 @@
 //! - `links/<hook>:<ifindex>:<ifname>`: one TCX or XDP link per interface. The ifindex is part
 //!   of the name so that an interface re-created under the same name gets a fresh link.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aya::programs::links::{FdLink, PinnedLink};
 
 use thiserror::Error;
 
@@ -162,17 +166,31 @@ fn list_links(dir: &Path) -> Result<Vec<LinkPin>, PinError> {
 pub struct Removed {
     pub links: Vec<PathBuf>,
     pub maps: Vec<PathBuf>,
+    /// Programs of the removed links still loaded after `DETACH_WAIT`: something else holds
+    /// them (a running agent), so their links may still be attached.
+    pub still_loaded: Vec<u32>,
 }
+
+/// How long `remove_all` waits for the kernel to detach what it unpinned.
+const DETACH_WAIT: Duration = Duration::from_secs(10);
 
 /// Remove every link and map skiff pinned under `root`, then the directories. Unpinning the
 /// last reference detaches a link (its program goes with it) and frees a map. A running agent
 /// keeps its own references until it exits: stop it first.
+///
+/// The kernel detaches an unpinned link later, on a work queue (each TCX detach waits for an
+/// RCU grace period), so this waits, bounded, until the links' programs are gone: when it
+/// returns, no packet meets them any more.
 pub fn remove_all(root: &Path) -> Result<Removed, PinError> {
     let mut removed = Removed::default();
     if !root.exists() {
         return Ok(removed);
     }
+    let mut programs = BTreeSet::new();
     for pin in list_links(&root.join("links"))? {
+        if let Some(id) = link_program(&pin.path) {
+            programs.insert(id);
+        }
         std::fs::remove_file(&pin.path).map_err(io_err(&pin.path))?;
         removed.links.push(pin.path);
     }
@@ -191,7 +209,30 @@ pub fn remove_all(root: &Path) -> Result<Removed, PinError> {
             Err(e) => return Err(io_err(&d)(e)),
         }
     }
+    removed.still_loaded = wait_unloaded(&programs, DETACH_WAIT);
     Ok(removed)
+}
+
+/// The program id of the link pinned at `path` (our descriptor is closed again on return).
+fn link_program(path: &Path) -> Option<u32> {
+    let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
+    link.info().ok().map(|i| i.program_id())
+}
+
+/// Wait until none of `programs` is loaded, at most `limit`; the ones still loaded.
+fn wait_unloaded(programs: &BTreeSet<u32>, limit: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        // A program that vanishes while being listed is an error item: it is gone.
+        let loaded: BTreeSet<u32> = aya::programs::loaded_programs()
+            .filter_map(|p| p.ok().map(|p| p.id()))
+            .collect();
+        let left: Vec<u32> = programs.intersection(&loaded).copied().collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[cfg(test)]

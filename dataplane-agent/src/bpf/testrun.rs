@@ -14,6 +14,8 @@ use super::Datapath;
 pub enum Hook {
     /// TC ingress on the host side of a pod's veth (packets a pod sends).
     TcPod,
+    /// TC egress on the host side of a pod's veth (packets going into the pod).
+    TcToPod,
     /// XDP on an external interface (packets from outside the node).
     XdpExt,
     /// TC egress on an external interface (packets leaving the node).
@@ -24,6 +26,7 @@ impl Hook {
     pub fn name(self) -> &'static str {
         match self {
             Hook::TcPod => "tc-ingress(pod veth)",
+            Hook::TcToPod => "tc-egress(pod veth)",
             Hook::XdpExt => "xdp(external interface)",
             Hook::TcExt => "tc-egress(external interface)",
         }
@@ -75,6 +78,7 @@ fn run_raw(
     };
     match hook {
         Hook::TcPod => dp.tc_pod().test_run(opts),
+        Hook::TcToPod => dp.tc_to_pod().test_run(opts),
         Hook::XdpExt => dp.xdp_ext().test_run(opts),
         Hook::TcExt => dp.tc_ext().test_run(opts),
     }
@@ -92,13 +96,15 @@ pub fn run(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> Result<RunOutcome, Ru
         .find(|(r, n)| before.get(r).copied().unwrap_or(0) < **n)
         .map(|(r, _)| *r);
     let dropped = match hook {
-        Hook::TcPod | Hook::TcExt => res.return_value == TC_ACT_SHOT,
+        Hook::TcPod | Hook::TcToPod | Hook::TcExt => res.return_value == TC_ACT_SHOT,
         Hook::XdpExt => res.return_value == XDP_DROP,
     };
     // BPF_PROG_TEST_RUN does not perform redirects: the verdict is the return value, and
     // the only redirect skiff's TC program issues is the reject reply to its own device.
     let sent_back = match hook {
         Hook::TcPod => res.return_value == TC_ACT_REDIRECT,
+        // The to-pod program never answers a packet itself.
+        Hook::TcToPod => false,
         Hook::TcExt => false,
         Hook::XdpExt => res.return_value == XDP_TX,
     };

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::MapError;
 use dataplane_common::{
+    maglev::{MaglevChunk, MaglevKey},
     Backend, ServiceKey, ServiceValue, SourceRangeKey, BE_F_LOCAL, MASQ_V4, MASQ_V6,
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_AFFINITY,
-    SVC_F_DROP_EMPTY, SVC_F_MASQ, SVC_F_MASQ_OFF_CLUSTER, SVC_F_NONE, SVC_F_SOURCE_RANGES,
+    SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_MASQ, SVC_F_MASQ_OFF_CLUSTER, SVC_F_NONE,
+    SVC_F_SOURCE_RANGES,
 };
 use thiserror::Error;
 
-use super::{abi, maps::Maps};
+use super::{abi, maglev_tables::Tables, maps::Maps};
 use crate::desired::{DesiredState, Frontend, Masquerade};
 
 /// What the service maps hold (or should hold).
@@ -30,6 +32,8 @@ pub struct MapContents {
     pub pod_nets: BTreeMap<NetPrefix, u32>,
     /// The masquerade address per family (`MASQ_V4`, `MASQ_V6`); zero = none.
     pub masq_addrs: [[u8; 16]; 2],
+    /// Maglev lookup tables, in chunks (see `maglev_tables`).
+    pub maglev: BTreeMap<MaglevKey, MaglevChunk>,
 }
 
 /// An LPM entry of the source ranges map.
@@ -52,6 +56,8 @@ pub enum Op {
     PutPodNet(NetPrefix),
     DelPodNet(NetPrefix),
     PutMasqAddr(u32, [u8; 16]),
+    PutMaglev(MaglevKey, Box<MaglevChunk>),
+    DelMaglev(MaglevKey),
 }
 
 /// Render the desired state into map contents. Backend ids are kept from `current` for
@@ -65,6 +71,7 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
     let mut out = MapContents::default();
     let mut assigned: HashMap<Backend, u32> = HashMap::new();
     let range_ids = source_range_ids(desired, current);
+    let mut tables = Tables::new(&current.maglev);
 
     let scoped = desired
         .frontends
@@ -85,8 +92,34 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
         );
     for (fe, scope, backends, drop_when_empty) in scoped {
         let count = u16::try_from(backends.len()).unwrap_or(u16::MAX);
+        let backends = &backends[..count as usize];
+        let ids: Vec<u32> = backends
+            .iter()
+            .map(|be| {
+                let local = desired.local_endpoints.contains(&be.addr);
+                let mut be = abi::backend(be);
+                if local {
+                    be.flags |= BE_F_LOCAL;
+                }
+                let id = *assigned.entry(be).or_insert_with(|| {
+                    existing.get(&be).copied().unwrap_or_else(|| {
+                        while used.contains(&next_id) {
+                            next_id += 1;
+                        }
+                        next_id += 1;
+                        next_id - 1
+                    })
+                });
+                out.backends.insert(id, be);
+                id
+            })
+            .collect();
         let affinity = desired.session_affinity.get(fe).copied();
         let range_id = range_ids.get(fe).copied();
+        let maglev = desired.maglev.get(fe).and_then(|m| {
+            let table = tables.table(fe, *m, backends, &ids, &mut out.maglev)?;
+            Some((table, *m))
+        });
         let mut flags = SVC_F_NONE;
         if affinity.is_some() {
             flags |= SVC_F_AFFINITY;
@@ -105,6 +138,10 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
                 None => SVC_F_NONE,
             };
         }
+        if maglev.is_some() {
+            flags |= SVC_F_MAGLEV;
+        }
+        let (maglev_table, maglev_size) = maglev.unwrap_or((0, 0));
         out.services.insert(
             abi::service_key_scoped(fe, 0, scope),
             ServiceValue {
@@ -112,31 +149,20 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
                 count,
                 flags,
                 affinity_timeout_s: affinity.unwrap_or(0),
+                maglev_table,
+                maglev_size,
             },
         );
-        for (i, be) in backends.iter().take(count as usize).enumerate() {
-            let local = desired.local_endpoints.contains(&be.addr);
-            let mut be = abi::backend(be);
-            if local {
-                be.flags |= BE_F_LOCAL;
-            }
-            let id = *assigned.entry(be).or_insert_with(|| {
-                existing.get(&be).copied().unwrap_or_else(|| {
-                    while used.contains(&next_id) {
-                        next_id += 1;
-                    }
-                    next_id += 1;
-                    next_id - 1
-                })
-            });
-            out.backends.insert(id, be);
+        for (i, id) in ids.iter().enumerate() {
             out.services.insert(
                 abi::service_key_scoped(fe, i as u16 + 1, scope),
                 ServiceValue {
-                    backend_id: id,
+                    backend_id: *id,
                     count: 0,
                     flags: SVC_F_NONE,
                     affinity_timeout_s: 0,
+                    maglev_table: 0,
+                    maglev_size: 0,
                 },
             );
         }
@@ -216,8 +242,9 @@ fn source_range_ids(desired: &DesiredState, current: &MapContents) -> BTreeMap<F
 
 /// The operations that turn `current` into `desired`, ordered so that every intermediate
 /// state is consistent for the datapath:
-/// 1. new backends, 2. backend slots, 3. master entries (counts), 4. removed masters,
-/// 5. removed slots, 6. backends nothing points at any more.
+/// new backends; new Maglev tables; backend slots; master entries (counts, table ids);
+/// removed masters; removed slots; tables no master names any more; backends nothing points
+/// at any more.
 pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     let mut ops = Vec::new();
     // Masquerade settings before the masters whose flags use them, removed after.
@@ -247,6 +274,12 @@ pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
             ops.push(Op::PutBackend(*id, *be));
         }
     }
+    // Maglev tables after the backends they name, before the masters that name them.
+    for (k, v) in &desired.maglev {
+        if current.maglev.get(k) != Some(v) {
+            ops.push(Op::PutMaglev(*k, Box::new(*v)));
+        }
+    }
     let changed = desired
         .services
         .iter()
@@ -261,6 +294,11 @@ pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     let (masters, slots): (Vec<&ServiceKey>, Vec<&ServiceKey>) = gone.partition(|k| k.slot == 0);
     ops.extend(masters.into_iter().map(|k| Op::DelService(*k)));
     ops.extend(slots.into_iter().map(|k| Op::DelService(*k)));
+    for k in current.maglev.keys() {
+        if !desired.maglev.contains_key(k) {
+            ops.push(Op::DelMaglev(*k));
+        }
+    }
     for id in current.backends.keys() {
         if !desired.backends.contains_key(id) {
             ops.push(Op::DelBackend(*id));
@@ -344,6 +382,9 @@ impl Writer {
                 masq_addrs: maps
                     .read_masq_addrs()
                     .map_err(|e| WriteError::Read(Box::new(e)))?,
+                maglev: maps
+                    .read_maglev()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
             },
         })
     }
@@ -387,6 +428,8 @@ impl Writer {
                     ignore_missing(maps.pod_nets.remove(&LpmKey::new(*bits, *addr)))
                 }
                 Op::PutMasqAddr(i, addr) => maps.masq_addrs.set(*i, addr, 0),
+                Op::PutMaglev(k, v) => maps.maglev.insert(k, **v, 0),
+                Op::DelMaglev(k) => ignore_missing(maps.maglev.remove(k)),
             };
             if let Err(source) = res {
                 return Err(WriteError::Apply {
@@ -440,6 +483,12 @@ impl Writer {
             }
             Op::PutMasqAddr(i, addr) => {
                 self.current.masq_addrs[i as usize] = addr;
+            }
+            Op::PutMaglev(k, v) => {
+                self.current.maglev.insert(k, *v);
+            }
+            Op::DelMaglev(k) => {
+                self.current.maglev.remove(&k);
             }
         }
     }
@@ -527,6 +576,12 @@ mod tests {
                 Op::PutMasqAddr(i, a) => {
                     current.masq_addrs[*i as usize] = *a;
                 }
+                Op::PutMaglev(k, v) => {
+                    current.maglev.insert(*k, **v);
+                }
+                Op::DelMaglev(k) => {
+                    current.maglev.remove(k);
+                }
             }
         }
     }
@@ -547,6 +602,25 @@ mod tests {
                         m.backends.contains_key(&s.backend_id),
                         "step {i}: dangling backend"
                     );
+                }
+                if v.flags & SVC_F_MAGLEV != 0 {
+                    let n = dataplane_common::maglev::chunks(v.maglev_size.into());
+                    for chunk in 0..n {
+                        let key = MaglevKey {
+                            table: v.maglev_table.into(),
+                            chunk,
+                        };
+                        let c = m
+                            .maglev
+                            .get(&key)
+                            .unwrap_or_else(|| panic!("step {i}: missing table chunk {key:?}"));
+                        assert!(
+                            c.ids
+                                .iter()
+                                .all(|id| *id == 0 || m.backends.contains_key(id)),
+                            "step {i}: table names a missing backend"
+                        );
+                    }
                 }
             }
             if i < ops.len() {
@@ -780,6 +854,102 @@ mod tests {
         let mut cur = r2.clone();
         apply(&mut cur, &ops);
         assert_eq!(cur, r3);
+    }
+
+    #[test]
+    fn maglev_tables_are_shared_written_before_their_masters_and_deleted_after() {
+        let (a, b, c) = (
+            fe("10.96.0.1", 80),
+            fe("192.0.2.1", 30080),
+            fe("10.96.0.3", 80),
+        );
+        let bes = vec![be("10.0.0.1", 1), be("10.0.0.2", 1), be("10.0.0.3", 1)];
+        let mut d = state(&[(a, bes.clone()), (b, bes.clone()), (c, bes[..1].to_vec())]);
+        for f in [a, b, c] {
+            d.maglev.insert(f, 251);
+        }
+        let r1 = render(&d, &MapContents::default());
+        let master = |r: &MapContents, f: &Frontend| r.services[&abi::service_key(f, 0)];
+        let (ma, mb, mc) = (master(&r1, &a), master(&r1, &b), master(&r1, &c));
+        assert_eq!(ma.flags, SVC_F_MAGLEV);
+        assert_eq!((ma.maglev_size, ma.maglev_table), (251, mb.maglev_table));
+        assert_ne!(ma.maglev_table, mc.maglev_table);
+        // Two tables of 251 entries: 3 chunks each.
+        assert_eq!(r1.maglev.len(), 6);
+        let ops = plan(&MapContents::default(), &r1);
+        assert_consistent_at_every_step(&MapContents::default(), &ops);
+        assert!(plan(&r1, &render(&d, &r1)).is_empty(), "nothing changed");
+
+        // A backend leaves a and b: a new table under a new id, the old one deleted after
+        // the masters moved; c's table untouched.
+        let fewer = vec![bes[0], bes[2]];
+        d.frontends.get_mut(&a).unwrap().backends = fewer.clone();
+        d.frontends.get_mut(&b).unwrap().backends = fewer;
+        let r2 = render(&d, &r1);
+        let (na, nc) = (master(&r2, &a), master(&r2, &c));
+        assert_ne!(na.maglev_table, ma.maglev_table);
+        assert_eq!(nc.maglev_table, mc.maglev_table);
+        let ops = plan(&r1, &r2);
+        assert_consistent_at_every_step(&r1, &ops);
+        let pos = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
+        let put_table = pos(&|o| matches!(o, Op::PutMaglev(..)));
+        let master_a = pos(&|o| matches!(o, Op::PutService(k, _) if *k == abi::service_key(&a, 0)));
+        let del_table = pos(&|o| matches!(o, Op::DelMaglev(..)));
+        let del_backend = pos(&|o| matches!(o, Op::DelBackend(..)));
+        assert!(put_table < master_a && master_a < del_table && del_table < del_backend);
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::PutMaglev(..)))
+                .count(),
+            3
+        );
+        let mut m = r1.clone();
+        apply(&mut m, &ops);
+        assert_eq!(m, r2);
+
+        // Maglev off: plain masters, no table left.
+        d.maglev.clear();
+        let r3 = render(&d, &r2);
+        assert!(r3.maglev.is_empty());
+        assert_eq!(master(&r3, &a).flags, SVC_F_NONE);
+        assert_consistent_at_every_step(&r2, &plan(&r2, &r3));
+    }
+
+    #[test]
+    fn an_incomplete_table_in_the_maps_is_not_reused() {
+        let f = fe("10.96.0.1", 80);
+        let mut d = state(&[(f, vec![be("10.0.0.1", 1), be("10.0.0.2", 1)])]);
+        d.maglev.insert(f, 251);
+        let full = render(&d, &MapContents::default());
+        // A crash left the table without its last chunk and no master naming it.
+        let mut partial = full.clone();
+        partial.services.clear();
+        let last = *partial.maglev.keys().last().unwrap();
+        partial.maglev.remove(&last);
+        let r = render(&d, &partial);
+        let id = r.services[&abi::service_key(&f, 0)].maglev_table;
+        assert_ne!(u32::from(id), last.table);
+        assert_eq!(r.maglev.len(), 3);
+        assert_consistent_at_every_step(&partial, &plan(&partial, &r));
+    }
+
+    #[test]
+    fn maglev_entries_select_the_backends_lookup_table_computes() {
+        let f = fe("10.96.0.1", 80);
+        let bes = vec![be("10.0.0.1", 1), be("10.0.0.2", 1), be("10.0.0.3", 1)];
+        let mut d = state(&[(f, bes.clone())]);
+        d.maglev.insert(f, 251);
+        let r = render(&d, &MapContents::default());
+        let t = crate::maglev::lookup_table(&bes, 251);
+        let table = r.services[&abi::service_key(&f, 0)].maglev_table;
+        for (i, want) in t.iter().enumerate() {
+            let key = MaglevKey {
+                table: table.into(),
+                chunk: (i / dataplane_common::maglev::MAGLEV_CHUNK) as u32,
+            };
+            let id = r.maglev[&key].ids[i % dataplane_common::maglev::MAGLEV_CHUNK];
+            assert_eq!(r.backends[&id], abi::backend(&bes[*want]), "entry {i}");
+        }
     }
 
     #[test]
