@@ -33,7 +33,8 @@ pub struct FlowInput {
     pub dport: u16,
 }
 
-/// Where a packet enters the node, inferred from its source address.
+/// Where a packet enters the node, inferred from its source address (a pod of this node
+/// that the manifests name counts as a pod even outside `clusterCIDRs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
@@ -198,7 +199,7 @@ impl Tracer {
     pub fn origin(&self, src: IpAddr) -> Origin {
         if self.config.is_node_ip(&src) {
             Origin::Node
-        } else if self.config.in_cluster_cidrs(&src) {
+        } else if self.config.in_cluster_cidrs(&src) || self.local_endpoint(src) {
             Origin::Pod
         } else {
             Origin::External

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use skiff::config::NodeConfig;
 use skiff::trace::{FlowInput, Tracer};
 
-/// x/a (10.244.1.11, serves TCP 80 as `http`) and x/b, y/a, y/b; service x/web
+/// x/a (10.244.1.11, serves TCP 80 as `http`) and x/b, y/a, y/b (written without `nodeName`,
+/// as hand-written manifests may be: taken as this node's); service x/web
 /// (10.96.0.10:80 -> x/a:http). x/a accepts only pod b of namespace y on `http`; y/a may
 /// send only to namespace x on TCP.
 const MANIFESTS: &str = r#"
@@ -42,7 +43,7 @@ status: {phase: Running, podIP: 10.244.1.21}
 apiVersion: v1
 kind: Pod
 metadata: {name: b, namespace: y, labels: {pod: b}}
-spec: {nodeName: n, containers: [{name: c, image: none}]}
+spec: {containers: [{name: c, image: none}]}
 status: {phase: Running, podIP: 10.244.1.22}
 ---
 apiVersion: v1
@@ -131,6 +132,7 @@ fn trace_reports_the_deciding_end_and_the_allowing_policies() {
     assert_eq!(p.ingress.pod.as_deref(), Some("x/a"));
     assert_eq!(p.ingress.policies, vec!["x/a-from-y-b".to_string()]);
     assert_eq!(p.egress.verdict, "not isolated");
+    assert_eq!(p.egress.pod.as_deref(), Some("y/b"));
 
     // x/b -> x/a:80: no rule admits x/b: dropped by x/a's ingress, in the datapath.
     let r = t
@@ -141,6 +143,13 @@ fn trace_reports_the_deciding_end_and_the_allowing_policies() {
     let p = r.policy.expect("policy part");
     assert!(p.consistent, "{p:?}");
     assert_eq!(p.ingress.verdict, "denied");
+
+    // SCTP to the same port: the named port is TCP.
+    let r = t
+        .trace(&flow("sctp", "10.244.1.22", "10.244.1.11", 80))
+        .unwrap();
+    assert_eq!(r.code, Some("policy_denied_ingress"), "{r:?}");
+    assert!(r.policy.expect("policy part").consistent);
 
     // y/b -> x/a:81: the named port admits 80 only.
     let r = t

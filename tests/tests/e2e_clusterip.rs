@@ -861,3 +861,106 @@ fn node_port_from_outside_keeps_the_client_ip_and_rejects_without_endpoints() ->
     drop(server);
     Ok(())
 }
+
+/// The stale-UDP problem kube-proxy users hit: one UDP socket (one source port, so one
+/// conntrack entry) keeps getting answers when the endpoint it was sent to leaves the
+/// service, from another endpoint at once; and `sessionAffinity: ClientIP` keeps a client's
+/// new TCP connections on one backend.
+#[test]
+fn udp_socket_moves_off_a_removed_endpoint_and_affinity_keeps_one_backend() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let dns = |b: &[&Pod]| service("dns", "10.96.0.53", None, 53, "UDP", 5353, b);
+    let sticky = |b: &[&Pod]| {
+        service("sticky", "10.96.0.80", None, 80, "TCP", 8080, b).replacen(
+            "spec:\n",
+            "spec:\n  sessionAffinity: ClientIP\n",
+            1,
+        )
+    };
+    let node = Node::start(3, |b| {
+        vec![
+            ("dns.yaml".into(), dns(b)),
+            ("sticky.yaml".into(), sticky(b)),
+        ]
+    })?;
+    node.wait_ready(ip("10.96.0.80"), 80)?;
+
+    // Affinity: 30 new connections, one backend.
+    let t = tcp_round(node.client.ns(), ip("10.96.0.80"), 80, 30, TIMEOUT)?;
+    assert_eq!(t.failures, 0, "{:?}", t.errors);
+    assert_eq!(
+        t.answers.len(),
+        1,
+        "affinity spread connections: {}",
+        t.table()
+    );
+
+    // One UDP socket, connected to the ClusterIP: every request leaves from the same port.
+    let sock = skiff_testbed::in_netns(node.client.ns(), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("10.96.0.53:53")?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        Ok(s)
+    })?;
+    let ask = |n: usize| -> Option<String> {
+        sock.send(format!("q{n}").as_bytes()).ok()?;
+        let mut buf = [0u8; 64];
+        let len = sock.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..len]).trim().to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(a) = ask(0) {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no UDP answer through the ClusterIP"
+        );
+    };
+    for n in 1..5 {
+        assert_eq!(
+            ask(n).as_deref(),
+            Some(first.as_str()),
+            "UDP flow moved early"
+        );
+    }
+
+    // Its endpoint leaves the service (the pod keeps running and would still answer).
+    let remaining: Vec<&Pod> = node.backends.iter().filter(|p| p.name != first).collect();
+    assert_eq!(remaining.len(), 2);
+    node.write("dns.yaml", &dns(&remaining))?;
+    let changed = Instant::now();
+    let mut unanswered = 0;
+    let moved_to = loop {
+        match ask(100) {
+            Some(a) if a != first => break a,
+            Some(_) => {}
+            None => unanswered += 1,
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(10),
+            "the UDP flow still goes to {first} 10 s after its endpoint left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // From then on the same socket is answered every time, by the endpoint it moved to.
+    for n in 0..20 {
+        assert_eq!(
+            ask(200 + n).as_deref(),
+            Some(moved_to.as_str()),
+            "request {n}"
+        );
+    }
+    println!(
+        "UDP flow moved from {first} to {moved_to} {:?} after the change ({unanswered} \
+         requests unanswered meanwhile)",
+        changed.elapsed()
+    );
+    assert!(
+        unanswered <= 2,
+        "{unanswered} requests unanswered during the move"
+    );
+    Ok(())
+}

@@ -180,28 +180,7 @@ impl Cluster {
         let manifests = scratch.0.join("manifests");
         std::fs::create_dir(&manifests)?;
         std::fs::write(manifests.join("model.yaml"), model_manifests())?;
-        let config = scratch.0.join("node.yaml");
-        std::fs::write(
-            &config,
-            "nodeName: e2e-node\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
-             serviceCIDRs: [10.96.0.0/16]\npodInterfaces: [\"skp*\"]\n",
-        )?;
-        let bpffs = PrivateBpffs::mount(scratch.0.join("bpffs"), skiff_bin())?;
-        let args: Vec<std::ffi::OsString> = vec![
-            "run".into(),
-            "--config".into(),
-            config.into(),
-            "--manifests".into(),
-            manifests.clone().into(),
-            "--poll-ms".into(),
-            "100".into(),
-            "--bpffs".into(),
-            bpffs.pin_dir().into(),
-            "--state-dir".into(),
-            scratch.0.join("state").into(),
-        ];
-        let agent = bed.spawn(bed.node(), skiff_bin().into_os_string(), &args)?;
-        wait_attached(&bpffs.pin_dir().join("links"), 2 * pods.len())?;
+        let (bpffs, agent) = start_agent(&bed, &scratch, 2 * pods.len())?;
         Ok(Cluster {
             _bed: bed,
             _agent: agent,
@@ -312,6 +291,37 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
+}
+
+/// Start the agent in the bed's node namespace on `<scratch>/manifests` (written by the
+/// caller), with its own bpffs and state directory in `scratch`, and wait until it has
+/// attached to the `links` pod hooks it should.
+// The bpffs comes first: bound in this order, the agent is dropped (stopped) before its pins
+// are cleaned up and the bpffs unmounted.
+fn start_agent(bed: &TestBed, scratch: &TempDir, links: usize) -> Result<(PrivateBpffs, Process)> {
+    let config = scratch.0.join("node.yaml");
+    std::fs::write(
+        &config,
+        "nodeName: e2e-node\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
+         serviceCIDRs: [10.96.0.0/16]\npodInterfaces: [\"skp*\"]\n",
+    )?;
+    let bpffs = PrivateBpffs::mount(scratch.0.join("bpffs"), skiff_bin())?;
+    let args: Vec<std::ffi::OsString> = vec![
+        "run".into(),
+        "--config".into(),
+        config.into(),
+        "--manifests".into(),
+        scratch.0.join("manifests").into(),
+        "--poll-ms".into(),
+        "100".into(),
+        "--bpffs".into(),
+        bpffs.pin_dir().into(),
+        "--state-dir".into(),
+        scratch.0.join("state").into(),
+    ];
+    let agent = bed.spawn(bed.node(), skiff_bin().into_os_string(), &args)?;
+    wait_attached(&bpffs.pin_dir().join("links"), links)?;
+    Ok((bpffs, agent))
 }
 
 /// Wait until the agent has pinned `n` links (both pod hooks on every pod veth): from then on
@@ -636,26 +646,7 @@ fn netpol_connection_older_than_the_agent_survives_attach_and_a_deny_policy() ->
             pod("b", "10.244.2.22")
         ),
     )?;
-    let config = scratch.0.join("node.yaml");
-    std::fs::write(
-        &config,
-        "nodeName: e2e-node\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
-         serviceCIDRs: [10.96.0.0/16]\npodInterfaces: [\"skp*\"]\n",
-    )?;
-    let bpffs = PrivateBpffs::mount(scratch.0.join("bpffs"), skiff_bin())?;
-    let args: Vec<std::ffi::OsString> = vec![
-        "run".into(),
-        "--config".into(),
-        config.into(),
-        "--manifests".into(),
-        manifests.clone().into(),
-        "--poll-ms".into(),
-        "100".into(),
-        "--bpffs".into(),
-        bpffs.pin_dir().into(),
-    ];
-    let _agent = bed.spawn(bed.node(), skiff_bin().into_os_string(), &args)?;
-    wait_attached(&bpffs.pin_dir().join("links"), 4)?;
+    let (_bpffs, _agent) = start_agent(&bed, &scratch, 4)?;
     std::thread::sleep(Duration::from_secs(1));
     let attached = held.stats();
     assert_eq!(attached.failures, 0, "across attach: {attached:?}");

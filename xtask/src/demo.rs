@@ -369,7 +369,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     signal::install().context("installing the SIGINT handler")?;
     let _lock = skiff_testbed::serial();
     let bpffs = DemoBpffs::mount()?;
-    let result = demo(args, &bin, &config, &manifests_dir, &plan, &bpffs.pin_dir());
+    let work = working_manifests(&manifests_dir, &plan)?;
+    let result = demo(args, &bin, &config, &work, &plan, &bpffs.pin_dir());
     println!(
         "\n==> cleaning up: stopping servers and the agent, deleting the namespaces, removing pins"
     );
@@ -392,6 +393,116 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         Err(e) => eprintln!("==> demo FAILED: {e:#}"),
     }
     result
+}
+
+/// The agent reads a copy of the manifests (`target/xtask-demo/manifests`): the example
+/// files plus Pod objects for the demo's pods (namespace `demo`, label `demo-role`: `client`
+/// or `backend`), so that the NetworkPolicy step can select them.
+fn working_manifests(examples: &Path, plan: &Plan) -> Result<PathBuf> {
+    let work = skiff_testbed::target_dir()
+        .join("xtask-demo")
+        .join("manifests");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work)?;
+    for entry in std::fs::read_dir(examples)? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::copy(&path, work.join(path.file_name().context("file name")?))?;
+        }
+    }
+    let mut pods = String::new();
+    for (pod, role) in
+        std::iter::once((&plan.client, "client")).chain(plan.pods.iter().map(|p| (p, "backend")))
+    {
+        let ips: Vec<String> = pod
+            .ipv4
+            .map(|a| a.to_string())
+            .into_iter()
+            .chain(pod.ipv6.map(|a| a.to_string()))
+            .collect();
+        pods += &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: demo, labels: {{demo-role: {role}}}}}\n\
+             spec: {{containers: [{{name: main, image: none}}]}}\n\
+             status: {{phase: Running, podIP: \"{}\", podIPs: [{}]}}\n---\n",
+            pod.name,
+            ips.first().cloned().unwrap_or_default(),
+            ips.iter().map(|i| format!("{{ip: \"{i}\"}}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    std::fs::write(work.join("zz-demo-pods.yaml"), pods)?;
+    Ok(work)
+}
+
+/// The NetworkPolicy step: backends accept only pods labelled `demo-role: trusted` (none),
+/// so the client's new connections are dropped in the kernel; then the policy goes again.
+fn policy_step(
+    dir: &Path,
+    client_ns: &str,
+    main: &Frontend,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let file = dir.join("zz-demo-policy.yaml");
+    println!(
+        "\n==> NetworkPolicy: backends in namespace demo accept only pods labelled demo-role=trusted \
+         ({})",
+        rel(&file)
+    );
+    std::fs::write(
+        &file,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: backends-trusted-only, namespace: demo}\n\
+         spec:\n  podSelector: {matchLabels: {demo-role: backend}}\n  ingress:\n  \
+         - from: [{podSelector: {matchLabels: {demo-role: trusted}}}]\n",
+    )?;
+    let probe = || {
+        skiff_testbed::tcp_connect_once(client_ns, main.ip, main.port, Duration::from_millis(300))
+            .is_ok()
+    };
+    let waiting = Instant::now();
+    while probe() {
+        if waiting.elapsed() > ATTACH_TIMEOUT {
+            problems.push(format!(
+                "{} still answers {} s after the deny policy was written",
+                main.addr(),
+                ATTACH_TIMEOUT.as_secs()
+            ));
+            break;
+        }
+        signal::sleep(Duration::from_millis(200));
+    }
+    let tally =
+        skiff_testbed::tcp_round(client_ns, main.ip, main.port, 5, Duration::from_millis(300))?;
+    println!(
+        "  {} {}: {} of {} new connections denied by the backends' ingress policy \
+         (`skiff observe` shows each drop)",
+        main.label,
+        main.addr(),
+        tally.failures,
+        tally.total()
+    );
+    if tally.ok() > 0 {
+        problems.push(format!(
+            "{}: answered under a deny policy: {tally}",
+            main.addr()
+        ));
+    }
+    std::fs::remove_file(&file)?;
+    println!("  policy removed");
+    let waiting = Instant::now();
+    while !probe() {
+        if waiting.elapsed() > ATTACH_TIMEOUT {
+            problems.push(format!(
+                "{} does not answer {} s after the policy was removed",
+                main.addr(),
+                ATTACH_TIMEOUT.as_secs()
+            ));
+            break;
+        }
+        signal::sleep(Duration::from_millis(200));
+    }
+    Ok(())
 }
 
 fn start(
@@ -653,6 +764,10 @@ fn demo(
         println!("  {n} {what}, answered by:");
         print!("{}", tally.table());
         check(&mut problems, f, &tally);
+    }
+
+    if !signal::stopped() {
+        policy_step(dir, &client_ns, &main, &mut problems)?;
     }
 
     // Then a fresh distribution every few seconds, until Ctrl-C or --duration.

@@ -622,9 +622,15 @@ impl PolicyModel {
         self.by_ip.iter().map(|(ip, key)| (*ip, &self.pods[key]))
     }
 
-    /// Whether `pod` is on this node and subject to policy.
+    /// Whether `pod` is on this node and subject to policy. A pod with addresses but no
+    /// `nodeName` only exists in a hand-written manifests directory (the API server's pods
+    /// get their node before their IPs): it is taken as this node's.
     pub fn is_local(&self, pod: &PodInfo) -> bool {
-        !pod.host_network && pod.node_name.as_deref() == Some(self.node_name.as_str())
+        !pod.host_network
+            && pod
+                .node_name
+                .as_deref()
+                .is_none_or(|n| n == self.node_name.as_str())
     }
 
     pub fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
