@@ -132,6 +132,26 @@ pub struct DesiredState {
     /// `healthCheckNodePort` listeners (LoadBalancer services with `externalTrafficPolicy:
     /// Local`).
     pub health_checks: BTreeMap<u16, HealthCheck>,
+    /// How traffic from outside the node to a frontend is masqueraded when its backend is
+    /// on another node (absent: never).
+    pub masquerade: BTreeMap<Frontend, Masquerade>,
+    /// Addresses of endpoints on this node: their replies return through the node, so
+    /// connections to them are never masqueraded.
+    pub local_endpoints: BTreeSet<IpAddr>,
+    /// The node address masqueraded traffic leaves with, at most one per family.
+    pub masquerade_ips: Vec<IpAddr>,
+    /// `clusterCIDRs`: sources inside are pods (`Masquerade::OffCluster`).
+    pub cluster_cidrs: Vec<IpNet>,
+}
+
+/// kube-proxy's masquerade rules for one frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Masquerade {
+    /// Every source (`externalTrafficPolicy: Cluster` external addresses; ClusterIPs with
+    /// `masqueradeAll`).
+    Always,
+    /// Sources outside `clusterCIDRs` (ClusterIPs when `clusterCIDRs` is set).
+    OffCluster,
 }
 
 /// An external-scope frontend: this node's endpoints only.

@@ -276,6 +276,15 @@ impl Agent {
                         mode: m.into(),
                     }),
             )
+            .chain(
+                self.attachments
+                    .external_egress_interfaces()
+                    .map(|i| status::Attached {
+                        iface: i.to_string(),
+                        hook: status::Hook::TcExtEgress,
+                        mode: "tcx".into(),
+                    }),
+            )
             .collect();
         if attached != self.status.attached {
             self.status.attached = attached;

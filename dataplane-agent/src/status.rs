@@ -131,6 +131,10 @@ pub enum Hook {
     TcEgress,
     #[serde(rename = "xdp")]
     Xdp,
+    /// TC egress on external interfaces, packets leaving the node (`skiff_tc_ext`:
+    /// masquerading).
+    #[serde(rename = "tc-ext-egress")]
+    TcExtEgress,
 }
 
 impl Hook {
@@ -139,13 +143,19 @@ impl Hook {
             Hook::TcIngress => "tc-ingress",
             Hook::TcEgress => "tc-egress",
             Hook::Xdp => "xdp",
+            Hook::TcExtEgress => "tc-ext-egress",
         }
     }
 
     pub fn parse(s: &str) -> Option<Hook> {
-        [Hook::TcIngress, Hook::TcEgress, Hook::Xdp]
-            .into_iter()
-            .find(|h| h.as_str() == s)
+        [
+            Hook::TcIngress,
+            Hook::TcEgress,
+            Hook::Xdp,
+            Hook::TcExtEgress,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == s)
     }
 }
 
@@ -875,6 +885,10 @@ mod tests {
         assert_eq!(
             parse_link_pin("tc-egress:7:veth1_2"),
             (Some(Hook::TcEgress), Some(7), "veth1_2".into())
+        );
+        assert_eq!(
+            parse_link_pin("tc-ext-egress:2:eth0"),
+            (Some(Hook::TcExtEgress), Some(2), "eth0".into())
         );
         assert_eq!(
             parse_link_pin("xdp:2:eth0"),

@@ -322,11 +322,42 @@ impl Tracer {
         let parsed = after.ok_or_else(|| TraceError::Packet("unparsable output frame".into()))?;
         let dnat = (parsed.dst != input.dst || parsed.dport != input.dport)
             .then(|| format_endpoint(parsed.dst, parsed.dport));
-        let snat = (parsed.src != input.src).then(|| parsed.src.to_string());
+        let mut snat = (parsed.src != input.src).then(|| parsed.src.to_string());
+        let into_pod = self.local_endpoint(parsed.dst);
+        // Leaving the node (not into one of its pods), the external interface's egress
+        // program masquerades the source of connections that need it (nothing else).
+        if !into_pod && !self.desired.local_endpoints.contains(&parsed.dst) {
+            let egress = testrun::run(&mut self.dp, Hook::TcExt, &out.frame)?;
+            if egress.dropped {
+                return Ok(TraceResult {
+                    verdict: "drop",
+                    dnat: None,
+                    snat: None,
+                    reason: egress
+                        .reason
+                        .map(|r| r.describe().to_string())
+                        .unwrap_or(reason),
+                    code: egress.reason.map(|r| r.name()),
+                    origin,
+                    hook: Some(Hook::TcExt.name()),
+                    service,
+                    policy: None,
+                });
+            }
+            if egress.reason == Some(Reason::NatMasqSource) {
+                reason = format!(
+                    "{reason}; leaving the node: {}",
+                    Reason::NatMasqSource.describe()
+                );
+            }
+            let left = packet::parse_frame(&egress.frame)
+                .map_err(|e| TraceError::Packet(e.to_string()))?;
+            snat = (left.src != input.src).then(|| left.src.to_string());
+        }
         // Into a pod of this node: its to-pod hook (ingress policy) runs next.
         let mut last_hook = hook;
         let mut ingress_denied = false;
-        if self.local_endpoint(parsed.dst) {
+        if into_pod {
             let into = testrun::run(&mut self.dp, Hook::TcToPod, &out.frame)?;
             last_hook = Hook::TcToPod;
             if into.dropped {

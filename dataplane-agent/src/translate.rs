@@ -10,7 +10,8 @@ use tracing::{debug, warn};
 
 use crate::config::NodeConfig;
 use crate::desired::{
-    BackendAddr, DesiredState, ExternalEntry, Frontend, FrontendEntry, HealthCheck, ServicePortRef,
+    BackendAddr, DesiredState, ExternalEntry, Frontend, FrontendEntry, HealthCheck, Masquerade,
+    ServicePortRef,
 };
 use crate::maglev::LbAlgorithm;
 use crate::model::{
@@ -24,7 +25,18 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
     let slices = slices_by_service(state);
     let mut desired = DesiredState {
         service_cidrs: config.service_cidrs.clone().unwrap_or_default(),
+        masquerade_ips: masquerade_ips(config),
+        cluster_cidrs: config.cluster_cidrs.clone(),
         ..DesiredState::default()
+    };
+    // kube-proxy: `masqueradeAll` masquerades all ClusterIP traffic; otherwise sources
+    // outside `clusterCIDRs`, unless there are none (its no-op local detector: nothing).
+    let cluster_ip_masq = if config.masquerade_all {
+        Some(Masquerade::Always)
+    } else if !config.cluster_cidrs.is_empty() {
+        Some(Masquerade::OffCluster)
+    } else {
+        None
     };
     for svc in state.services.values() {
         let ips = match cluster_ips_to_proxy(svc) {
@@ -52,6 +64,14 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
             for &addr in ips {
                 let family = IpFamily::of(&addr);
                 let candidates = port_endpoints(svc_slices, port, family);
+                desired.local_endpoints.extend(
+                    candidates
+                        .iter()
+                        .filter(|pe| {
+                            pe.endpoint.node_name.as_deref() == Some(config.node_name.as_str())
+                        })
+                        .map(|pe| pe.backend.addr),
+                );
                 let backends = cluster_ip_backends(svc, &candidates, config);
                 let any = usable(&candidates, None);
                 let frontend = Frontend {
@@ -61,6 +81,11 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
                 };
                 if backends.is_empty() && !any.is_empty() {
                     desired.drop_when_empty.insert(frontend);
+                }
+                if let Some(m) = cluster_ip_masq {
+                    if !desired.frontends.contains_key(&frontend) {
+                        desired.masquerade.insert(frontend, m);
+                    }
                 }
                 insert(&mut desired, frontend, service.clone(), backends, affinity);
                 external_frontends(
@@ -82,6 +107,13 @@ pub fn translate(state: &ClusterState, config: &NodeConfig) -> DesiredState {
     }
     mark_maglev(&mut desired, state, config);
     desired
+}
+
+/// The first node IP of each family: what masqueraded traffic leaves with.
+fn masquerade_ips(config: &NodeConfig) -> Vec<IpAddr> {
+    let v4 = config.node_ips.iter().find(|ip| ip.is_ipv4());
+    let v6 = config.node_ips.iter().find(|ip| ip.is_ipv6());
+    v4.into_iter().chain(v6).copied().collect()
 }
 
 /// Every frontend (both scopes) of a service balanced by Maglev: its annotation, else the
@@ -179,6 +211,11 @@ fn external_frontends(
             continue;
         }
         insert(desired, fe, service.clone(), all.clone(), affinity);
+        // kube-proxy masquerades all external traffic of a Cluster policy (it may cross
+        // nodes); a Local policy keeps the client's address.
+        if local.is_none() {
+            desired.masquerade.insert(fe, Masquerade::Always);
+        }
         if let Some(local) = &local {
             desired.external.insert(
                 fe,

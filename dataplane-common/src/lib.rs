@@ -154,7 +154,18 @@ pub struct Scratch {
     pub key: CtKey,
     pub value: CtValue,
     pub affinity_key: AffinityKey,
+    /// An LPM trie key over a 16-byte address (layout of aya's `Key<[u8; 16]>`).
+    pub addr_key: AddrLpmKey,
 }
+
+/// LPM trie key over a 16-byte address: prefix length in bits, then the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrLpmKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<AddrLpmKey>() == 20);
 
 /// Service master-entry flags.
 pub const SVC_F_NONE: u16 = 0;
@@ -169,6 +180,13 @@ pub const SVC_F_SOURCE_RANGES: u16 = 1 << 2;
 /// New connections pick their backend from the Maglev table (`maglev_table`, `maglev_size`)
 /// by a hash of the 5-tuple instead of at random (see `maglev`).
 pub const SVC_F_MAGLEV: u16 = 1 << 3;
+/// Masquerade traffic from outside the node to a backend on another node (the external
+/// addresses of an `externalTrafficPolicy: Cluster` Service; every ClusterIP with
+/// `masqueradeAll`).
+pub const SVC_F_MASQ: u16 = 1 << 4;
+/// Masquerade like `SVC_F_MASQ`, but only sources outside `clusterCIDRs` (`SK_PODNET_V1`):
+/// kube-proxy's rule for ClusterIPs.
+pub const SVC_F_MASQ_OFF_CLUSTER: u16 = 1 << 5;
 
 /// Frontend scopes (`ServiceKey::scope`).
 pub const SCOPE_INTERNAL: u8 = 0;
@@ -192,11 +210,27 @@ pub const SVCNET_RANGE: u32 = 2;
 
 /// Backend flags.
 pub const BE_F_NONE: u8 = 0;
+/// The endpoint runs on this node: replies come back through it without masquerading.
+pub const BE_F_LOCAL: u8 = 1 << 0;
 
 /// Connection-tracking entry flags.
 pub const CT_F_DNAT: u8 = 1 << 0;
 pub const CT_F_SNAT: u8 = 1 << 1;
 pub const CT_F_REPLY: u8 = 1 << 2;
+/// Original direction of a masqueraded connection: `nat_src`/`nat_sport_be` record the node
+/// address and port its source leaves with (the rewrite itself is done by the egress
+/// entry in `SK_SNAT_V1`).
+pub const CT_F_MASQ: u8 = 1 << 3;
+
+/// Masquerade source ports: above Linux's default `ip_local_port_range` (32768-60999), so
+/// the node's own sockets do not use them, and outside the NodePort range.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+/// Random ports tried per new masqueraded connection before giving up.
+pub const SNAT_PORT_TRIES: u32 = 8;
+/// `SK_MASQ_V1` indices: the node address IPv4 / IPv6 traffic is masqueraded to.
+pub const MASQ_V4: u32 = 0;
+pub const MASQ_V6: u32 = 1;
 
 /// TCP state bits kept per direction.
 pub const TCP_S_SYN: u8 = 1 << 0;

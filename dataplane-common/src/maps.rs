@@ -24,6 +24,17 @@ pub const SOURCE_RANGES: &str = "SK_LBSRC_V1";
 /// Per-CPU buffer where REJECT replies are built (kernel side only).
 pub const REPLY: &str = "SK_REPLY_V1";
 
+/// Masquerade source rewrites at the external interfaces' egress: `CtKey` (the tuple as it
+/// leaves, after destination translation) -> `CtValue` (`CT_F_SNAT`, `nat_src`) (LRU).
+pub const SNAT: &str = "SK_SNAT_V1";
+/// Two entries per masqueraded connection.
+pub const SNAT_MAX: u32 = 131_072;
+/// Masquerade addresses: array of two 16-byte addresses (`MASQ_V4`, `MASQ_V6`; zero =
+/// none).
+pub const MASQ_ADDRS: &str = "SK_MASQ_V1";
+/// `clusterCIDRs` (LPM, 16-byte address key, value 1): sources inside are pods.
+pub const POD_NETS: &str = "SK_PODNET_V1";
+pub const POD_NETS_MAX: u32 = 256;
 /// Maglev lookup tables: `maglev::MaglevKey` -> `maglev::MaglevChunk` (hash, not
 /// preallocated).
 pub const MAGLEV: &str = "SK_MGLV_V1";

@@ -37,6 +37,19 @@ pub enum Reason {
     /// A new connection to a ClusterIP on a port the Service does not define: rejected like
     /// kube-proxy's nftables `cluster-ips-check`.
     RejectUndefinedPort = 17,
+    /// First packet from outside the node to a backend on another node, where the frontend
+    /// masquerades: destination translated, a node source port allocated (the source is
+    /// rewritten when the packet leaves the node).
+    NatNewMasq = 18,
+    /// Leaving through an external interface: source masqueraded to the node address.
+    NatMasqSource = 19,
+    /// Leaving through an external interface: the reply to a client outside the node, source
+    /// translated back to the service address.
+    NatReplySource = 20,
+    /// Leaving through an external interface, not part of a masqueraded connection.
+    PassNoMasq = 21,
+    /// Reply to a masqueraded connection: destination translated back to the client.
+    NatMasqReply = 22,
     /// Socket level (`connect()`, unconnected `sendmsg()`): a local socket addressed a service;
     /// its destination was rewritten to the chosen backend before any packet exists.
     SockNat = 24,
@@ -66,6 +79,10 @@ pub enum Reason {
     DropNoLocalEndpoints = 42,
     /// Source outside the LoadBalancer's `loadBalancerSourceRanges`.
     DropSourceRange = 43,
+    /// Every masquerade source port tried for this backend was taken.
+    DropSnatNoPort = 44,
+    /// Masquerading needed, but the node has no address of the packet's family.
+    DropNoMasqAddress = 45,
     /// Socket level: `connect()`/`sendmsg()` to a service port without endpoints refused
     /// with ECONNREFUSED (what kube-proxy's REJECT gives a local client).
     DropSockNoEndpoints = 48,
@@ -78,10 +95,10 @@ pub enum Reason {
 pub const DROP_BASE: u32 = 32;
 /// Reject reasons: the packet was turned into a reply sent back where it came from.
 pub const REJECT_FIRST: u32 = 16;
-pub const REJECT_LAST: u32 = 23;
+pub const REJECT_LAST: u32 = 17;
 
 impl Reason {
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 34] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -94,6 +111,11 @@ impl Reason {
         Reason::PassPolicyTracked,
         Reason::RejectNoEndpoints,
         Reason::RejectUndefinedPort,
+        Reason::NatNewMasq,
+        Reason::NatMasqSource,
+        Reason::NatReplySource,
+        Reason::PassNoMasq,
+        Reason::NatMasqReply,
         Reason::SockNat,
         Reason::SockRevNat,
         Reason::DropMalformed,
@@ -107,6 +129,8 @@ impl Reason {
         Reason::DropUndefinedPort,
         Reason::DropNoLocalEndpoints,
         Reason::DropSourceRange,
+        Reason::DropSnatNoPort,
+        Reason::DropNoMasqAddress,
         Reason::DropSockNoEndpoints,
         Reason::DropMaglevTable,
     ];
@@ -144,6 +168,11 @@ impl Reason {
             Reason::PassPolicyTracked => "policy_tracked",
             Reason::RejectNoEndpoints => "reject_no_endpoints",
             Reason::RejectUndefinedPort => "reject_undefined_port",
+            Reason::NatNewMasq => "masq_new_connection",
+            Reason::NatMasqSource => "masq_source",
+            Reason::NatReplySource => "reply_source",
+            Reason::PassNoMasq => "not_masqueraded",
+            Reason::NatMasqReply => "masq_reply",
             Reason::SockNat => "sock_nat",
             Reason::SockRevNat => "sock_rev_nat",
             Reason::DropMalformed => "malformed",
@@ -157,6 +186,8 @@ impl Reason {
             Reason::DropUndefinedPort => "undefined_port",
             Reason::DropNoLocalEndpoints => "no_local_endpoints",
             Reason::DropSourceRange => "source_range",
+            Reason::DropSnatNoPort => "snat_no_port",
+            Reason::DropNoMasqAddress => "no_masquerade_address",
             Reason::DropSockNoEndpoints => "sock_no_endpoints",
             Reason::DropMaglevTable => "maglev_table_missing",
         }
@@ -193,6 +224,21 @@ impl Reason {
             Reason::RejectUndefinedPort => {
                 "ClusterIP has no such port: rejected (TCP RST or ICMP port unreachable sent back)"
             }
+            Reason::NatNewMasq => {
+                "new connection from outside the node to a backend on another node: \
+                 destination translated, source masqueraded to the node address"
+            }
+            Reason::NatMasqSource => {
+                "leaving the node: source masqueraded to the node address and port"
+            }
+            Reason::NatReplySource => {
+                "leaving the node: reply to a client outside the node, source translated back \
+                 to the service address"
+            }
+            Reason::PassNoMasq => "leaving the node, not masqueraded: passed untouched",
+            Reason::NatMasqReply => {
+                "reply of a masqueraded connection: destination translated back to the client"
+            }
             Reason::SockNat => {
                 "local socket to a service: destination rewritten to the chosen backend at \
                  connect()/sendmsg(); its packets need no translation"
@@ -226,6 +272,12 @@ impl Reason {
             Reason::DropSourceRange => {
                 "source is outside the service's loadBalancerSourceRanges: dropped"
             }
+            Reason::DropSnatNoPort => {
+                "no free masquerade source port towards this backend: dropped"
+            }
+            Reason::DropNoMasqAddress => {
+                "masquerading needed but the node has no address of this family: dropped"
+            }
             Reason::DropSockNoEndpoints => {
                 "local socket to a service port without endpoints: connect()/sendmsg() \
                  refused with ECONNREFUSED"
@@ -246,7 +298,7 @@ mod tests {
     #[test]
     fn drops_are_exactly_the_drop_variants() {
         let drops: std::vec::Vec<_> = Reason::ALL.iter().filter(|r| r.is_drop()).collect();
-        assert_eq!(drops.len(), 13);
+        assert_eq!(drops.len(), 15);
         assert!(drops.iter().all(|r| format!("{r:?}").starts_with("Drop")));
     }
 

@@ -2,7 +2,7 @@
 //! per-state idle timeouts so closed and idle connections stop pinning their backend. The
 //! liveness rule (`live`) is shared with the policy conntrack (`policy_ct`).
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap};
 use dataplane_common::{
     Backend, CtKey, CtValue, CT_F_DNAT, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, CT_TIMEOUT_OTHER_NS,
     CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_ESTABLISHED_NS, CT_TIMEOUT_TCP_OPENING_NS, PROTO_TCP,
@@ -10,7 +10,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    maps::{CONNTRACK, SCRATCH},
+    maps::{CONNTRACK, SCRATCH, SNAT},
     parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -67,6 +67,12 @@ fn timeout(proto: u8, state: u8) -> u64 {
     }
 }
 
+/// Whether an entry of this protocol has been idle longer than its state allows.
+#[inline(always)]
+pub fn expired(v: &CtValue, proto: u8, now: u64) -> bool {
+    now.saturating_sub(v.last_seen_ns) > timeout(proto, v.tcp_state)
+}
+
 /// Whether an entry (its `last_seen_ns` and `tcp_state`) still stands for the connection of a
 /// packet with this protocol and these TCP flags, refreshing it if so. Not when it has
 /// expired, or when a TCP SYN reopens a closed tuple (a new connection on a reused port).
@@ -101,7 +107,22 @@ pub fn live(
 #[inline(always)]
 pub fn lookup(flow: &Flow, now: u64) -> Option<&CtValue> {
     let k = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
-    let p = CONNTRACK.get_ptr_mut(&k)?;
+    refresh(CONNTRACK.get_ptr_mut(&k)?, flow, now)
+}
+
+/// `lookup` in another map of the same layout (the egress masquerade map).
+#[inline(always)]
+pub fn lookup_in<'a>(
+    map: &'a LruHashMap<CtKey, CtValue>,
+    flow: &Flow,
+    now: u64,
+) -> Option<&'a CtValue> {
+    let k = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
+    refresh(map.get_ptr_mut(&k)?, flow, now)
+}
+
+#[inline(always)]
+fn refresh<'a>(p: *mut CtValue, flow: &Flow, now: u64) -> Option<&'a CtValue> {
     // Racing writers on other CPUs can only refresh the same fields with similar values.
     let v = unsafe { &mut *p };
     if !live(
@@ -117,11 +138,20 @@ pub fn lookup(flow: &Flow, now: u64) -> Option<&CtValue> {
 }
 
 /// Track a new connection from `flow`'s client to `be`: the original direction translates the
-/// destination to the backend, the reply direction translates the source back.
+/// destination to the backend, the reply direction translates the source back. For a client
+/// outside the node (`external`) the reply is translated where it leaves the node (the
+/// `SNAT` map, at the external interfaces' egress): its new source may be one of the node's
+/// own addresses (a NodePort), which the kernel drops as martian on a packet it receives.
 // Keys and values are built in the per-CPU scratch map: together they exceed what the BPF
 // stack has left at this depth.
 #[inline(always)]
-pub fn create(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Result<(), ()> {
+pub fn create(
+    flow: &Flow,
+    backend_id: u32,
+    be: &Backend,
+    now: u64,
+    external: bool,
+) -> Result<(), ()> {
     let s = SCRATCH.get_ptr_mut(0).ok_or(())?;
     let s = unsafe { &mut *s };
     s.key = key(be.addr, flow.src, be.port_be, flow.sport_be, flow.proto);
@@ -136,7 +166,8 @@ pub fn create(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Result<()
         tcp_state: 0,
         _pad: [0; 6],
     };
-    CONNTRACK.insert(&s.key, &s.value, 0).map_err(|_| ())?;
+    let reply = if external { &SNAT } else { &CONNTRACK };
+    reply.insert(&s.key, &s.value, 0).map_err(|_| ())?;
     s.key = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
     s.value = CtValue {
         nat_src: [0; 16],

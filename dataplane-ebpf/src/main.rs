@@ -1,6 +1,6 @@
 //! skiff eBPF programs. One entry file per attach point (`tc_pod`, `tc_to_pod`, `xdp_ext`,
-//! `cgroup_sock`); the packet pipeline is shared through the `ctx::Packet` abstraction so TC
-//! and XDP run the same code.
+//! `tc_ext`, `cgroup_sock`); the packet pipeline is shared through the `ctx::Packet`
+//! abstraction so TC and XDP run the same code.
 #![no_std]
 #![no_main]
 // Map helpers take `impl Borrow<K>`: passing keys by value, as this lint asks, copies them onto
@@ -23,7 +23,9 @@ mod policy_ct;
 mod policy_icmp;
 mod reject;
 mod service;
+mod snat;
 mod stats;
+mod tc_ext;
 mod tc_pod;
 mod tc_to_pod;
 mod xdp_ext;

@@ -10,9 +10,10 @@ use aya_ebpf::{
 use dataplane_common::{
     maglev::{MaglevChunk, MaglevKey},
     maps::{
-        AFFINITY_MAX, BACKENDS_MAX, CONFIG_MAX, CONNTRACK_MAX, MAGLEV_MAX, POLICY_CONNTRACK_MAX,
-        POLICY_ENDPOINTS_MAX, POLICY_EVENTS_BYTES, POLICY_IDENTITIES_MAX, POLICY_RULES_MAX,
-        SERVICES_MAX, SERVICE_NETS_MAX, SOCK_MAX, SOURCE_RANGES_MAX, STATS_MAX,
+        AFFINITY_MAX, BACKENDS_MAX, CONFIG_MAX, CONNTRACK_MAX, MAGLEV_MAX, POD_NETS_MAX,
+        POLICY_CONNTRACK_MAX, POLICY_ENDPOINTS_MAX, POLICY_EVENTS_BYTES, POLICY_IDENTITIES_MAX,
+        POLICY_RULES_MAX, SERVICES_MAX, SERVICE_NETS_MAX, SNAT_MAX, SOCK_MAX, SOURCE_RANGES_MAX,
+        STATS_MAX,
     },
     policy::{Endpoint, IpKey, PolicyCtValue, PolicyKey, PolicyValue},
     sock::{SockKey, SockValue},
@@ -73,6 +74,20 @@ pub static REPLY: PerCpuArray<ReplyBuf> = PerCpuArray::with_max_entries(1, 0);
 /// socket its backend stickiness or the service address in `getpeername()`, never traffic.
 #[map(name = "SK_SOCK_V1")]
 pub static SOCK: LruHashMap<SockKey, SockValue> = LruHashMap::with_max_entries(SOCK_MAX, 0);
+
+/// Masquerade source rewrites, applied where packets leave through an external interface
+/// (see `snat`). LRU like `CONNTRACK`.
+#[map(name = "SK_SNAT_V1")]
+pub static SNAT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(SNAT_MAX, 0);
+
+/// The node address masqueraded traffic leaves with, per family (`MASQ_V4`, `MASQ_V6`).
+#[map(name = "SK_MASQ_V1")]
+pub static MASQ_ADDRS: Array<[u8; 16]> = Array::with_max_entries(2, 0);
+
+/// `clusterCIDRs`: sources inside are pods (`SVC_F_MASQ_OFF_CLUSTER`).
+#[map(name = "SK_PODNET_V1")]
+pub static POD_NETS: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(POD_NETS_MAX, BPF_F_NO_PREALLOC);
 
 /// Maglev lookup tables in chunks (see `dataplane_common::maglev`). Not preallocated: only
 /// Maglev frontends' tables take memory.

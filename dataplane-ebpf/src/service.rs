@@ -2,8 +2,8 @@
 //! new one on a service frontend, and translate.
 
 use dataplane_common::{
-    Reason, ServiceValue, CT_F_REPLY, PROTO_TCP, SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_DROP_EMPTY,
-    SVC_F_SOURCE_RANGES,
+    Reason, ServiceValue, CT_F_DNAT, CT_F_REPLY, PROTO_TCP, SVCNET_CLUSTER_IP, SVCNET_RANGE,
+    SVC_F_DROP_EMPTY, SVC_F_SOURCE_RANGES,
 };
 
 use crate::{
@@ -11,7 +11,7 @@ use crate::{
     ctx::Packet,
     lb, nat,
     parse::{self, Flow, Parsed},
-    reject,
+    reject, snat,
 };
 
 /// The pipeline for packets from outside the node (XDP on an external interface):
@@ -38,6 +38,9 @@ pub fn translate<C: Packet>(ctx: &C, flow: &Flow, external: bool) -> Reason {
 
     if let Some(ct) = conntrack::lookup(&flow, now) {
         if ct.flags & CT_F_REPLY != 0 {
+            if ct.flags & CT_F_DNAT != 0 {
+                return snat::reply(ctx, &flow, ct);
+            }
             return match nat::snat(ctx, &flow, &ct.nat_src, ct.nat_sport_be) {
                 Ok(()) => Reason::NatReply,
                 Err(()) => Reason::DropNatFailed,
@@ -67,7 +70,7 @@ pub fn translate<C: Packet>(ctx: &C, flow: &Flow, external: bool) -> Reason {
         {
             return Reason::DropSourceRange
         }
-        Some(svc) if svc.count > 0 => return new_connection(ctx, &flow, &svc, now),
+        Some(svc) if svc.count > 0 => return new_connection(ctx, &flow, &svc, now, external),
         Some(svc) if svc.flags & SVC_F_DROP_EMPTY != 0 => return Reason::DropNoLocalEndpoints,
         Some(_) => (Reason::RejectNoEndpoints, Reason::DropNoEndpoints),
         // Not a frontend: kube-proxy (nftables) rejects other ports of a ClusterIP and drops
@@ -86,16 +89,33 @@ pub fn translate<C: Packet>(ctx: &C, flow: &Flow, external: bool) -> Reason {
 
 /// Balance a new connection to a frontend with backends, track it and translate it.
 #[inline(always)]
-fn new_connection<C: Packet>(ctx: &C, flow: &Flow, svc: &ServiceValue, now: u64) -> Reason {
+fn new_connection<C: Packet>(
+    ctx: &C,
+    flow: &Flow,
+    svc: &ServiceValue,
+    now: u64,
+    external: bool,
+) -> Reason {
     let (id, be) = match lb::select_backend(flow, svc, now) {
         Ok(hit) => hit,
         Err(reason) => return reason,
     };
-    if conntrack::create(flow, id, &be, now).is_err() {
+    // Only traffic from outside the node is masqueraded: pods' replies return through
+    // their node whatever the backend.
+    let masquerade = external && snat::wanted(svc, &be, &flow.src);
+    let (tracked, reason) = if masquerade {
+        (snat::track_new(flow, id, &be, now), Reason::NatNewMasq)
+    } else {
+        (
+            conntrack::create(flow, id, &be, now, external),
+            Reason::NatNew,
+        )
+    };
+    if tracked.is_err() {
         return Reason::DropCtFull;
     }
     match nat::dnat(ctx, flow, &be.addr, be.port_be) {
-        Ok(()) => Reason::NatNew,
+        Ok(()) => reason,
         Err(()) => Reason::DropNatFailed,
     }
 }

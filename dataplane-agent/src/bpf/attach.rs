@@ -23,37 +23,45 @@ use super::Datapath;
 pub const HOOK_TC: &str = "tc-ingress";
 pub const HOOK_TC_EGRESS: &str = "tc-egress";
 pub const HOOK_XDP: &str = "xdp";
+/// TC egress on external interfaces (the source half of masquerading); distinct from the
+/// pod veths' `tc-egress`.
+pub const HOOK_TC_EXT: &str = "tc-ext-egress";
 
-/// The two programs on a pod's veth.
+/// The TC programs: two on a pod's veth, one on an external interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PodHook {
-    /// `skiff_tc_pod` at TC ingress.
+enum TcHook {
+    /// `skiff_tc_pod` at a pod veth's TC ingress.
     FromPod,
-    /// `skiff_tc_to_pod` at TC egress.
+    /// `skiff_tc_to_pod` at a pod veth's TC egress.
     ToPod,
+    /// `skiff_tc_ext` at an external interface's TC egress.
+    External,
 }
 
-impl PodHook {
-    const ALL: [PodHook; 2] = [PodHook::ToPod, PodHook::FromPod];
+impl TcHook {
+    /// The pod hooks, in attach order.
+    const POD: [TcHook; 2] = [TcHook::ToPod, TcHook::FromPod];
 
     fn hook(self) -> &'static str {
         match self {
-            PodHook::FromPod => HOOK_TC,
-            PodHook::ToPod => HOOK_TC_EGRESS,
+            TcHook::FromPod => HOOK_TC,
+            TcHook::ToPod => HOOK_TC_EGRESS,
+            TcHook::External => HOOK_TC_EXT,
         }
     }
 
     fn program(self) -> &'static str {
         match self {
-            PodHook::FromPod => super::object::PROG_TC_POD,
-            PodHook::ToPod => super::object::PROG_TC_TO_POD,
+            TcHook::FromPod => super::object::PROG_TC_POD,
+            TcHook::ToPod => super::object::PROG_TC_TO_POD,
+            TcHook::External => super::object::PROG_TC_EXT,
         }
     }
 
     fn attach_type(self) -> TcAttachType {
         match self {
-            PodHook::FromPod => TcAttachType::Ingress,
-            PodHook::ToPod => TcAttachType::Egress,
+            TcHook::FromPod => TcAttachType::Ingress,
+            TcHook::ToPod | TcHook::External => TcAttachType::Egress,
         }
     }
 }
@@ -125,6 +133,7 @@ pub struct Attachments {
     tc: BTreeMap<String, Held>,
     tc_egress: BTreeMap<String, Held>,
     xdp: BTreeMap<String, Held>,
+    ext_tc: BTreeMap<String, Held>,
 }
 
 impl Attachments {
@@ -134,6 +143,7 @@ impl Attachments {
             tc: BTreeMap::new(),
             tc_egress: BTreeMap::new(),
             xdp: BTreeMap::new(),
+            ext_tc: BTreeMap::new(),
         }
     }
 
@@ -146,7 +156,7 @@ impl Attachments {
             .filter_map(|n| ifindex(n).map(|i| (n, i)))
             .collect();
         // The to-pod program first: a pod's veth never enforces egress without ingress.
-        for hook in PodHook::ALL {
+        for hook in TcHook::POD {
             let held = self.pod_links(hook);
             let gone: Vec<String> = held
                 .iter()
@@ -178,17 +188,19 @@ impl Attachments {
         errors
     }
 
-    fn pod_links(&mut self, hook: PodHook) -> &mut BTreeMap<String, Held> {
+    fn pod_links(&mut self, hook: TcHook) -> &mut BTreeMap<String, Held> {
         match hook {
-            PodHook::FromPod => &mut self.tc,
-            PodHook::ToPod => &mut self.tc_egress,
+            TcHook::FromPod => &mut self.tc,
+            TcHook::ToPod => &mut self.tc_egress,
+            TcHook::External => &mut self.ext_tc,
         }
     }
 
+    /// Attach a TC program with TCX (adopting its pinned link if there is one).
     fn attach_tc(
         &mut self,
         dp: &mut Datapath,
-        hook: PodHook,
+        hook: TcHook,
         name: &str,
         idx: u32,
     ) -> Result<Held, AttachError> {
@@ -197,8 +209,9 @@ impl Attachments {
             .as_ref()
             .map(|p| p.link_path(hook.hook(), idx, name));
         let prog = match hook {
-            PodHook::FromPod => dp.tc_pod(),
-            PodHook::ToPod => dp.tc_to_pod(),
+            TcHook::FromPod => dp.tc_pod(),
+            TcHook::ToPod => dp.tc_to_pod(),
+            TcHook::External => dp.tc_ext(),
         };
         let attach_err = attach_error(hook.program(), name);
         let link_err = link_error(name);
@@ -227,19 +240,24 @@ impl Attachments {
         })
     }
 
-    /// Attach XDP to an external interface: native (driver) mode when the driver supports
-    /// it, otherwise generic mode, and say which.
+    /// Attach XDP to an external interface (native (driver) mode when the driver supports
+    /// it, otherwise generic mode, and say which), and the masquerade program at its TC
+    /// egress.
     pub fn attach_external(
         &mut self,
         dp: &mut Datapath,
         name: &str,
     ) -> Result<&'static str, AttachError> {
-        if let Some(h) = self.xdp.get(name) {
-            return Ok(h.mode);
-        }
         let idx = ifindex(name).ok_or_else(|| {
             AttachError::List(std::io::Error::other(format!("no interface {name}")))
         })?;
+        if !self.ext_tc.contains_key(name) {
+            let held = self.attach_tc(dp, TcHook::External, name, idx)?;
+            self.ext_tc.insert(name.to_string(), held);
+        }
+        if let Some(h) = self.xdp.get(name) {
+            return Ok(h.mode);
+        }
         let pin = self.pins.as_ref().map(|p| p.link_path(HOOK_XDP, idx, name));
         let prog = dp.xdp_ext();
         let attach_err = attach_error(super::object::PROG_XDP_EXT, name);
@@ -288,6 +306,7 @@ impl Attachments {
         let held = match hook {
             HOOK_TC => &self.tc,
             HOOK_TC_EGRESS => &self.tc_egress,
+            HOOK_TC_EXT => &self.ext_tc,
             _ => &self.xdp,
         };
         for p in pins.links()?.into_iter().filter(|p| p.hook == hook) {
@@ -306,6 +325,11 @@ impl Attachments {
         self.tc.keys().map(String::as_str)
     }
 
+    /// External interfaces with the masquerade program at their TC egress.
+    pub fn external_egress_interfaces(&self) -> impl Iterator<Item = &str> {
+        self.ext_tc.keys().map(String::as_str)
+    }
+
     /// Pod interfaces with the to-pod program (TC egress).
     pub fn pod_interfaces_to_pod(&self) -> impl Iterator<Item = &str> {
         self.tc_egress.keys().map(String::as_str)
@@ -321,6 +345,7 @@ impl Attachments {
             .into_iter()
             .chain(std::mem::take(&mut self.tc_egress))
             .chain(std::mem::take(&mut self.xdp))
+            .chain(std::mem::take(&mut self.ext_tc))
         {
             h.release();
         }

@@ -10,9 +10,9 @@ use aya::{
 use dataplane_common::{
     maglev::{MaglevChunk, MaglevKey},
     maps::{
-        AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, POLICY_CONNTRACK, POLICY_ENDPOINTS,
-        POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SOCK,
-        SOURCE_RANGES, STATS,
+        AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MASQ_ADDRS, POD_NETS, POLICY_CONNTRACK,
+        POLICY_ENDPOINTS, POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS,
+        SNAT, SOCK, SOURCE_RANGES, STATS,
     },
     policy::{Endpoint, IpKey, PolicyCtValue, PolicyKey, PolicyValue, CFG_ALLOW_EVENTS, CFG_FLAGS},
     sock::{SockKey, SockValue},
@@ -34,6 +34,12 @@ pub struct Maps {
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// Socket-level translations (`dataplane_common::sock`).
     pub sock: HashMap<MapData, SockKey, SockValue>,
+    /// Masquerade source rewrites at the external interfaces' egress.
+    pub snat: HashMap<MapData, CtKey, CtValue>,
+    /// The node address per family masqueraded traffic leaves with (`MASQ_V4`, `MASQ_V6`).
+    pub masq_addrs: Array<MapData, [u8; 16]>,
+    /// `clusterCIDRs`.
+    pub pod_nets: LpmTrie<MapData, [u8; 16], u32>,
     /// NetworkPolicy (`dataplane_common::policy`): local pod address -> endpoint.
     pub policy_endpoints: HashMap<MapData, IpKey, Endpoint>,
     /// Remote address prefix -> identity (longest prefix wins).
@@ -75,6 +81,9 @@ impl Maps {
             service_nets: typed(SERVICE_NETS, take(ebpf, SERVICE_NETS)?)?,
             source_ranges: typed(SOURCE_RANGES, take(ebpf, SOURCE_RANGES)?)?,
             sock: typed(SOCK, take(ebpf, SOCK)?)?,
+            snat: typed(SNAT, take(ebpf, SNAT)?)?,
+            masq_addrs: typed(MASQ_ADDRS, take(ebpf, MASQ_ADDRS)?)?,
+            pod_nets: typed(POD_NETS, take(ebpf, POD_NETS)?)?,
             policy_endpoints: typed(POLICY_ENDPOINTS, take(ebpf, POLICY_ENDPOINTS)?)?,
             policy_identities: typed(POLICY_IDENTITIES, take(ebpf, POLICY_IDENTITIES)?)?,
             policy_rules: typed(POLICY_RULES, take(ebpf, POLICY_RULES)?)?,
@@ -104,6 +113,22 @@ impl Maps {
             .collect()
     }
 
+    pub fn read_pod_nets(&self) -> Result<BTreeMap<(u32, [u8; 16]), u32>, MapError> {
+        self.pod_nets
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect()
+    }
+
+    pub fn read_masq_addrs(&self) -> Result<[[u8; 16]; 2], MapError> {
+        Ok([self.masq_addrs.get(&0, 0)?, self.masq_addrs.get(&1, 0)?])
+    }
+
+    /// Masquerade rewrites at the external interfaces' egress.
+    pub fn snat_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapError> {
+        self.snat.iter().collect()
+    }
+
     pub fn read_source_ranges(&self) -> Result<BTreeMap<(u32, SourceRangeKey), u32>, MapError> {
         self.source_ranges
             .iter()
@@ -129,6 +154,7 @@ impl Maps {
     /// `trace`, whose flows start from fresh state).
     pub fn clear_flow_state(&mut self) -> Result<(), MapError> {
         clear(&mut self.conntrack)?;
+        clear(&mut self.snat)?;
         clear(&mut self.affinity)?;
         clear(&mut self.policy_conntrack)
     }

@@ -7,16 +7,16 @@ use aya::{
 use thiserror::Error;
 
 use dataplane_common::maps::{
-    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, POLICY_CONNTRACK, POLICY_ENDPOINTS,
-    POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SOCK, SOURCE_RANGES,
-    STATS,
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MASQ_ADDRS, POD_NETS, POLICY_CONNTRACK,
+    POLICY_ENDPOINTS, POLICY_EVENTS, POLICY_IDENTITIES, POLICY_RULES, SERVICES, SERVICE_NETS, SNAT,
+    SOCK, SOURCE_RANGES, STATS,
 };
 
 use super::{maps::Maps, pins::PinDir, socklb::SOCK_PROGRAMS};
 
 /// Maps whose contents must survive an agent restart (the per-CPU scratch maps need not).
 /// The policy events ring is pinned so that `skiff observe` can open it.
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 18] = [
     SERVICES,
     BACKENDS,
     CONNTRACK,
@@ -25,6 +25,9 @@ pub const PINNED_MAPS: [&str; 15] = [
     SERVICE_NETS,
     SOURCE_RANGES,
     SOCK,
+    SNAT,
+    MASQ_ADDRS,
+    POD_NETS,
     POLICY_ENDPOINTS,
     POLICY_IDENTITIES,
     POLICY_RULES,
@@ -43,7 +46,9 @@ pub const PROG_TC_POD: &str = "skiff_tc_pod";
 pub const PROG_TC_TO_POD: &str = "skiff_tc_to_pod";
 /// XDP on the node's external interfaces.
 pub const PROG_XDP_EXT: &str = "skiff_xdp_ext";
-pub const PROGRAMS: [&str; 3] = [PROG_TC_POD, PROG_TC_TO_POD, PROG_XDP_EXT];
+/// TC egress on the node's external interfaces (the source half of masquerading).
+pub const PROG_TC_EXT: &str = "skiff_tc_ext";
+pub const PROGRAMS: [&str; 4] = [PROG_TC_POD, PROG_TC_TO_POD, PROG_XDP_EXT, PROG_TC_EXT];
 
 /// Every program of the object: the packet programs and the socket-level ones.
 pub fn all_programs() -> impl Iterator<Item = &'static str> {
@@ -121,6 +126,13 @@ impl Datapath {
 
     pub fn tc_to_pod(&mut self) -> &mut SchedClassifier {
         match self.ebpf.program_mut(PROG_TC_TO_POD) {
+            Some(aya::programs::Program::SchedClassifier(p)) => p,
+            _ => unreachable!("checked at load"),
+        }
+    }
+
+    pub fn tc_ext(&mut self) -> &mut SchedClassifier {
+        match self.ebpf.program_mut(PROG_TC_EXT) {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("checked at load"),
         }

@@ -18,6 +18,8 @@ pub enum Hook {
     TcToPod,
     /// XDP on an external interface (packets from outside the node).
     XdpExt,
+    /// TC egress on an external interface (packets leaving the node).
+    TcExt,
 }
 
 impl Hook {
@@ -26,6 +28,7 @@ impl Hook {
             Hook::TcPod => "tc-ingress(pod veth)",
             Hook::TcToPod => "tc-egress(pod veth)",
             Hook::XdpExt => "xdp(external interface)",
+            Hook::TcExt => "tc-egress(external interface)",
         }
     }
 }
@@ -77,6 +80,7 @@ fn run_raw(
         Hook::TcPod => dp.tc_pod().test_run(opts),
         Hook::TcToPod => dp.tc_to_pod().test_run(opts),
         Hook::XdpExt => dp.xdp_ext().test_run(opts),
+        Hook::TcExt => dp.tc_ext().test_run(opts),
     }
 }
 
@@ -92,7 +96,7 @@ pub fn run(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> Result<RunOutcome, Ru
         .find(|(r, n)| before.get(r).copied().unwrap_or(0) < **n)
         .map(|(r, _)| *r);
     let dropped = match hook {
-        Hook::TcPod | Hook::TcToPod => res.return_value == TC_ACT_SHOT,
+        Hook::TcPod | Hook::TcToPod | Hook::TcExt => res.return_value == TC_ACT_SHOT,
         Hook::XdpExt => res.return_value == XDP_DROP,
     };
     // BPF_PROG_TEST_RUN does not perform redirects: the verdict is the return value, and
@@ -101,6 +105,7 @@ pub fn run(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> Result<RunOutcome, Ru
         Hook::TcPod => res.return_value == TC_ACT_REDIRECT,
         // The to-pod program never answers a packet itself.
         Hook::TcToPod => false,
+        Hook::TcExt => false,
         Hook::XdpExt => res.return_value == XDP_TX,
     };
     Ok(RunOutcome {

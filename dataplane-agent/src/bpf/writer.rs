@@ -9,14 +9,15 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::MapError;
 use dataplane_common::{
     maglev::{MaglevChunk, MaglevKey},
-    Backend, ServiceKey, ServiceValue, SourceRangeKey, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_NONE,
+    Backend, ServiceKey, ServiceValue, SourceRangeKey, BE_F_LOCAL, MASQ_V4, MASQ_V6,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVCNET_CLUSTER_IP, SVCNET_RANGE, SVC_F_AFFINITY,
+    SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_MASQ, SVC_F_MASQ_OFF_CLUSTER, SVC_F_NONE,
     SVC_F_SOURCE_RANGES,
 };
 use thiserror::Error;
 
 use super::{abi, maglev_tables::Tables, maps::Maps};
-use crate::desired::{DesiredState, Frontend};
+use crate::desired::{DesiredState, Frontend, Masquerade};
 
 /// What the service maps hold (or should hold).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,6 +28,10 @@ pub struct MapContents {
     pub service_nets: BTreeMap<NetPrefix, u32>,
     /// Source ranges: (prefix length in bits, key) -> 1.
     pub source_ranges: BTreeMap<RangePrefix, u32>,
+    /// `clusterCIDRs`: (prefix length in bits, 16-byte address) -> 1.
+    pub pod_nets: BTreeMap<NetPrefix, u32>,
+    /// The masquerade address per family (`MASQ_V4`, `MASQ_V6`); zero = none.
+    pub masq_addrs: [[u8; 16]; 2],
     /// Maglev lookup tables, in chunks (see `maglev_tables`).
     pub maglev: BTreeMap<MaglevKey, MaglevChunk>,
 }
@@ -48,6 +53,9 @@ pub enum Op {
     DelNet(NetPrefix),
     PutRange(RangePrefix),
     DelRange(RangePrefix),
+    PutPodNet(NetPrefix),
+    DelPodNet(NetPrefix),
+    PutMasqAddr(u32, [u8; 16]),
     PutMaglev(MaglevKey, Box<MaglevChunk>),
     DelMaglev(MaglevKey),
 }
@@ -88,7 +96,11 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
         let ids: Vec<u32> = backends
             .iter()
             .map(|be| {
-                let be = abi::backend(be);
+                let local = desired.local_endpoints.contains(&be.addr);
+                let mut be = abi::backend(be);
+                if local {
+                    be.flags |= BE_F_LOCAL;
+                }
                 let id = *assigned.entry(be).or_insert_with(|| {
                     existing.get(&be).copied().unwrap_or_else(|| {
                         while used.contains(&next_id) {
@@ -117,6 +129,14 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
         }
         if range_id.is_some() {
             flags |= SVC_F_SOURCE_RANGES;
+        }
+        // Only the internal scope: the external one is externalTrafficPolicy Local.
+        if scope == SCOPE_INTERNAL {
+            flags |= match desired.masquerade.get(fe) {
+                Some(Masquerade::Always) => SVC_F_MASQ,
+                Some(Masquerade::OffCluster) => SVC_F_MASQ_OFF_CLUSTER,
+                None => SVC_F_NONE,
+            };
         }
         if maglev.is_some() {
             flags |= SVC_F_MAGLEV;
@@ -163,6 +183,14 @@ pub fn render(desired: &DesiredState, current: &MapContents) -> MapContents {
     for ip in &desired.cluster_ips {
         out.service_nets
             .insert((128, abi::addr16(*ip)), SVCNET_CLUSTER_IP);
+    }
+    for net in &desired.cluster_cidrs {
+        out.pod_nets
+            .insert((prefix_bits(net), abi::addr16(net.network())), 1);
+    }
+    for ip in &desired.masquerade_ips {
+        let family = if ip.is_ipv4() { MASQ_V4 } else { MASQ_V6 };
+        out.masq_addrs[family as usize] = abi::addr16(*ip);
     }
     out
 }
@@ -219,6 +247,22 @@ fn source_range_ids(desired: &DesiredState, current: &MapContents) -> BTreeMap<F
 /// at any more.
 pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     let mut ops = Vec::new();
+    // Masquerade settings before the masters whose flags use them, removed after.
+    for (i, (cur, want)) in current
+        .masq_addrs
+        .iter()
+        .zip(&desired.masq_addrs)
+        .enumerate()
+    {
+        if cur != want {
+            ops.push(Op::PutMasqAddr(i as u32, *want));
+        }
+    }
+    for k in desired.pod_nets.keys() {
+        if !current.pod_nets.contains_key(k) {
+            ops.push(Op::PutPodNet(*k));
+        }
+    }
     // Source ranges before the masters that point at them, removed after.
     for k in desired.source_ranges.keys() {
         if !current.source_ranges.contains_key(k) {
@@ -263,6 +307,11 @@ pub fn plan(current: &MapContents, desired: &MapContents) -> Vec<Op> {
     for k in current.source_ranges.keys() {
         if !desired.source_ranges.contains_key(k) {
             ops.push(Op::DelRange(*k));
+        }
+    }
+    for k in current.pod_nets.keys() {
+        if !desired.pod_nets.contains_key(k) {
+            ops.push(Op::DelPodNet(*k));
         }
     }
     // The address space last: a new ClusterIP's frontends exist before its marker, and a
@@ -327,6 +376,12 @@ impl Writer {
                 source_ranges: maps
                     .read_source_ranges()
                     .map_err(|e| WriteError::Read(Box::new(e)))?,
+                pod_nets: maps
+                    .read_pod_nets()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
+                masq_addrs: maps
+                    .read_masq_addrs()
+                    .map_err(|e| WriteError::Read(Box::new(e)))?,
                 maglev: maps
                     .read_maglev()
                     .map_err(|e| WriteError::Read(Box::new(e)))?,
@@ -366,6 +421,13 @@ impl Writer {
                 Op::DelRange((bits, key)) => {
                     ignore_missing(maps.source_ranges.remove(&LpmKey::new(*bits, *key)))
                 }
+                Op::PutPodNet((bits, addr)) => {
+                    maps.pod_nets.insert(&LpmKey::new(*bits, *addr), 1, 0)
+                }
+                Op::DelPodNet((bits, addr)) => {
+                    ignore_missing(maps.pod_nets.remove(&LpmKey::new(*bits, *addr)))
+                }
+                Op::PutMasqAddr(i, addr) => maps.masq_addrs.set(*i, addr, 0),
                 Op::PutMaglev(k, v) => maps.maglev.insert(k, **v, 0),
                 Op::DelMaglev(k) => ignore_missing(maps.maglev.remove(k)),
             };
@@ -412,6 +474,15 @@ impl Writer {
             }
             Op::DelRange(k) => {
                 self.current.source_ranges.remove(&k);
+            }
+            Op::PutPodNet(k) => {
+                self.current.pod_nets.insert(k, 1);
+            }
+            Op::DelPodNet(k) => {
+                self.current.pod_nets.remove(&k);
+            }
+            Op::PutMasqAddr(i, addr) => {
+                self.current.masq_addrs[i as usize] = addr;
             }
             Op::PutMaglev(k, v) => {
                 self.current.maglev.insert(k, *v);
@@ -495,6 +566,15 @@ mod tests {
                 }
                 Op::DelRange(k) => {
                     current.source_ranges.remove(k);
+                }
+                Op::PutPodNet(k) => {
+                    current.pod_nets.insert(*k, 1);
+                }
+                Op::DelPodNet(k) => {
+                    current.pod_nets.remove(k);
+                }
+                Op::PutMasqAddr(i, a) => {
+                    current.masq_addrs[*i as usize] = *a;
                 }
                 Op::PutMaglev(k, v) => {
                     current.maglev.insert(*k, **v);
