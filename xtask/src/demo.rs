@@ -692,6 +692,24 @@ fn demo(
         signal::sleep(Duration::from_millis(200));
     }
 
+    // The first answer proves the client's and one backend's hooks; the agent attaches one
+    // veth after another, so wait for every pod's two links before judging every service.
+    let links = pins.join("links");
+    let want = 2 * (plan.pods.len() + 1);
+    loop {
+        let pinned = std::fs::read_dir(&links).map_or(0, |d| d.count());
+        if pinned >= want {
+            break;
+        }
+        if waiting.elapsed() > ATTACH_TIMEOUT {
+            bail!(
+                "the agent pinned {pinned} of {want} pod links within {} s",
+                ATTACH_TIMEOUT.as_secs()
+            );
+        }
+        signal::sleep(Duration::from_millis(100));
+    }
+
     let mut problems: Vec<String> = Vec::new();
     println!("\n==> traffic from pod client ({client_addr}) to every service port");
     for f in &plan.frontends {
