@@ -271,14 +271,8 @@ impl Tracer {
             .map_err(TraceError::Conntrack)?;
         let out = testrun::run(&mut self.dp, hook, &frame)?;
 
-        let code = out.reason.map(|r| r.name());
-        let mut reason = out
-            .reason
-            .map(|r| r.describe().to_string())
-            .unwrap_or_else(|| "no counter moved (unexpected)".into());
-        if let Some(svc) = &service {
-            reason = format!("{reason} [service {svc}]");
-        }
+        let mut code = out.reason.map(|r| r.name());
+        let mut reason = describe(out.reason, service.as_deref());
         // Where the packet goes after the first hook, as it left it (rewritten or not).
         let after = packet::parse_frame(&out.frame).ok();
         let (src2, dst2, dport2) = after
@@ -356,40 +350,26 @@ impl Tracer {
         }
         // Into a pod of this node: its to-pod hook (ingress policy) runs next.
         let mut last_hook = hook;
+        let mut verdict = if dnat.is_some() { "dnat" } else { "pass" };
         let mut ingress_denied = false;
         if into_pod {
             let into = testrun::run(&mut self.dp, Hook::TcToPod, &out.frame)?;
             last_hook = Hook::TcToPod;
             if into.dropped {
                 ingress_denied = into.reason == Some(Reason::DropPolicyIngress);
-                let r = into.reason;
-                let mut reason = r
-                    .map(|r| r.describe().to_string())
-                    .unwrap_or_else(|| "no counter moved (unexpected)".into());
-                if let Some(svc) = &service {
-                    reason = format!("{reason} [service {svc}]");
-                }
-                return Ok(TraceResult {
-                    verdict: "drop",
-                    dnat,
-                    snat,
-                    reason,
-                    code: r.map(|r| r.name()),
-                    origin,
-                    hook: Some(last_hook.name()),
-                    service,
-                    policy: self.policy_trace(
-                        parsed.src,
-                        parsed.dst,
-                        proto,
-                        parsed.dport,
-                        false,
-                        ingress_denied,
-                    ),
-                });
+                verdict = "drop";
+                code = into.reason.map(|r| r.name());
+                reason = describe(into.reason, service.as_deref());
             }
         }
-        let verdict = if dnat.is_some() { "dnat" } else { "pass" };
+        let policy = self.policy_trace(
+            parsed.src,
+            parsed.dst,
+            proto,
+            parsed.dport,
+            false,
+            ingress_denied,
+        );
         Ok(TraceResult {
             verdict,
             dnat,
@@ -399,15 +379,19 @@ impl Tracer {
             origin,
             hook: Some(last_hook.name()),
             service,
-            policy: self.policy_trace(
-                parsed.src,
-                parsed.dst,
-                proto,
-                parsed.dport,
-                false,
-                ingress_denied,
-            ),
+            policy,
         })
+    }
+}
+
+/// Why, for people: the counter's description, and the Service port when there is one.
+fn describe(reason: Option<Reason>, service: Option<&str>) -> String {
+    let why = reason
+        .map(|r| r.describe().to_string())
+        .unwrap_or_else(|| "no counter moved (unexpected)".into());
+    match service {
+        Some(svc) => format!("{why} [service {svc}]"),
+        None => why,
     }
 }
 
