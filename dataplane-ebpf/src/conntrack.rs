@@ -4,9 +4,9 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap};
 use dataplane_common::{
-    Backend, CtKey, CtValue, CT_F_DNAT, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, CT_TIMEOUT_OTHER_NS,
-    CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_ESTABLISHED_NS, CT_TIMEOUT_TCP_OPENING_NS, PROTO_TCP,
-    TCP_S_ESTABLISHED, TCP_S_FIN, TCP_S_RST, TCP_S_SYN,
+    Backend, CtKey, CtValue, Scratch, CT_F_DNAT, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS,
+    CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_ESTABLISHED_NS,
+    CT_TIMEOUT_TCP_OPENING_NS, PROTO_TCP, TCP_S_ESTABLISHED, TCP_S_FIN, TCP_S_RST, TCP_S_SYN,
 };
 
 use crate::{
@@ -168,6 +168,21 @@ pub fn create(
     };
     let reply = if external { &SNAT } else { &CONNTRACK };
     reply.insert(&s.key, &s.value, 0).map_err(|_| ())?;
+    insert_original(s, flow, backend_id, be, now, CT_F_DNAT)
+}
+
+/// The original direction of a new translated connection (client -> frontend, destination
+/// rewritten to `be`), with `flags` (`CT_F_DNAT`, plus `CT_F_MASQ` when masqueraded), built
+/// in the scratch space `s`.
+#[inline(always)]
+pub fn insert_original(
+    s: &mut Scratch,
+    flow: &Flow,
+    backend_id: u32,
+    be: &Backend,
+    now: u64,
+    flags: u8,
+) -> Result<(), ()> {
     s.key = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
     s.value = CtValue {
         nat_src: [0; 16],
@@ -176,7 +191,7 @@ pub fn create(
         nat_dport_be: be.port_be,
         backend_id,
         last_seen_ns: now,
-        flags: CT_F_DNAT,
+        flags,
         tcp_state: state_bits(flow.proto, flow.tcp_flags),
         _pad: [0; 6],
     };

@@ -83,19 +83,7 @@ pub fn track_new(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Result
         _pad: [0; 6],
     };
     SNAT.insert(&s.key, &s.value, 0).map_err(|_| ())?;
-    s.key = key(flow.src, flow.dst, flow.sport_be, flow.dport_be, flow.proto);
-    s.value = CtValue {
-        nat_src: [0; 16],
-        nat_dst: be.addr,
-        nat_sport_be: 0,
-        nat_dport_be: be.port_be,
-        backend_id,
-        last_seen_ns: now,
-        flags: CT_F_DNAT | CT_F_MASQ,
-        tcp_state: state_bits(flow.proto, flow.tcp_flags),
-        _pad: [0; 6],
-    };
-    CONNTRACK.insert(&s.key, &s.value, 0).map_err(|_| ())
+    conntrack::insert_original(s, flow, backend_id, be, now, CT_F_DNAT | CT_F_MASQ)
 }
 
 /// A reply to a masqueraded connection, arriving at the node address and port: back to the
