@@ -40,6 +40,12 @@ pub fn verdict(reason: Reason) -> &'static str {
         Reason::NatNew
         | Reason::NatEstablished
         | Reason::NatReply
+        | Reason::NatNewMasq
+        | Reason::NatMasqSource
+        | Reason::NatReplySource
+        | Reason::NatMasqReply
+        | Reason::NatIcmpError
+        | Reason::NatHairpin
         | Reason::SockNat
         | Reason::SockRevNat => "translate",
         _ => "pass",

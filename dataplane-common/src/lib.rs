@@ -221,6 +221,9 @@ pub const CT_F_REPLY: u8 = 1 << 2;
 /// address and port its source leaves with (the rewrite itself is done by the egress
 /// entry in `SK_SNAT_V1`).
 pub const CT_F_MASQ: u8 = 1 << 3;
+/// A pod's connection to itself through a service (with `CT_F_DNAT | CT_F_SNAT`): both
+/// addresses are translated in both directions, the source to the node address.
+pub const CT_F_HAIRPIN: u8 = 1 << 4;
 
 /// Masquerade source ports: above Linux's default `ip_local_port_range` (32768-60999), so
 /// the node's own sockets do not use them, and outside the NodePort range.

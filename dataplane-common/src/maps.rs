@@ -73,6 +73,8 @@ pub const POLICY_EVENTS: &str = "SK_EVENTS_V1";
 pub const CONFIG: &str = "SK_CFG_V1";
 /// Per-CPU working space of the policy code (kernel only).
 pub const POLICY_SCRATCH: &str = "SK_PSCRATCH_V1";
+/// Per-CPU working space of the ICMP error translation (kernel only).
+pub const ICMP_SCRATCH: &str = "SK_ISCRATCH_V1";
 
 /// Local pods' addresses (two per dual-stack pod).
 pub const POLICY_ENDPOINTS_MAX: u32 = 16_384;

@@ -56,6 +56,12 @@ pub enum Reason {
     /// Socket level (`recvmsg()`, `getpeername()`): the backend's address reported to the
     /// application as the service address it used.
     SockRevNat = 25,
+    /// An ICMP error about a translated connection: the packet it quotes (and its outer
+    /// address, where it is the connection's) translated like the connection's packets.
+    NatIcmpError = 26,
+    /// A pod reaching itself through a service (hairpin): destination translated to the pod,
+    /// source to the node address, and the packet sent straight back into the pod.
+    NatHairpin = 27,
     /// Truncated or malformed header.
     DropMalformed = 32,
     /// The service port exists but has no usable endpoint.
@@ -98,7 +104,7 @@ pub const REJECT_FIRST: u32 = 16;
 pub const REJECT_LAST: u32 = 17;
 
 impl Reason {
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 36] = [
         Reason::PassNotIp,
         Reason::PassNoService,
         Reason::PassOtherProto,
@@ -118,6 +124,8 @@ impl Reason {
         Reason::NatMasqReply,
         Reason::SockNat,
         Reason::SockRevNat,
+        Reason::NatIcmpError,
+        Reason::NatHairpin,
         Reason::DropMalformed,
         Reason::DropNoEndpoints,
         Reason::DropCtFull,
@@ -175,6 +183,8 @@ impl Reason {
             Reason::NatMasqReply => "masq_reply",
             Reason::SockNat => "sock_nat",
             Reason::SockRevNat => "sock_rev_nat",
+            Reason::NatIcmpError => "nat_icmp_error",
+            Reason::NatHairpin => "nat_hairpin",
             Reason::DropMalformed => "malformed",
             Reason::DropNoEndpoints => "no_endpoints",
             Reason::DropCtFull => "conntrack_full",
@@ -246,6 +256,14 @@ impl Reason {
             Reason::SockRevNat => {
                 "local socket: the backend's address reported as the service address \
                  (recvmsg()/getpeername())"
+            }
+            Reason::NatIcmpError => {
+                "ICMP error about a translated connection: the packet it quotes translated \
+                 like the connection's packets, so that it reaches the right socket"
+            }
+            Reason::NatHairpin => {
+                "a pod reaching itself through a service: destination translated to the pod, \
+                 source to the node address, sent straight back into the pod"
             }
             Reason::DropMalformed => "truncated or malformed header: dropped",
             Reason::DropNoEndpoints => {

@@ -1,7 +1,7 @@
 //! The one owner of every BPF map on the kernel side. Names must equal
 //! `dataplane_common::maps::*` (the agent opens maps by those names; its tests check them).
 
-use crate::policy;
+use crate::{icmp_nat, policy};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
@@ -129,3 +129,8 @@ pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_MAX, 0);
 /// Per-CPU working space of the policy code (kernel only: never opened by the agent).
 #[map(name = "SK_PSCRATCH_V1")]
 pub static POLICY_SCRATCH: PerCpuArray<policy::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU working space of the ICMP error translation (kernel only: never opened by the
+/// agent).
+#[map(name = "SK_ISCRATCH_V1")]
+pub static ICMP_SCRATCH: PerCpuArray<icmp_nat::Scratch> = PerCpuArray::with_max_entries(1, 0);

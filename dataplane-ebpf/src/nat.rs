@@ -1,7 +1,7 @@
 //! Rewriting addresses and ports of a parsed flow, with every checksum kept valid.
 
 use aya_ebpf::helpers::bpf_csum_diff;
-use dataplane_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use dataplane_common::{PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     ctx::{load, Packet, CSUM_MANGLED_0, CSUM_PSEUDO},
@@ -14,6 +14,8 @@ fn l4_csum(flow: &Flow) -> Option<(usize, u64)> {
     match flow.proto {
         PROTO_TCP => Some((flow.l4_off + 16, 0)),
         PROTO_UDP => Some((flow.l4_off + 6, CSUM_MANGLED_0)),
+        // ICMPv6 covers a pseudo-header (ICMPv4 does not): only ICMP errors are rewritten.
+        PROTO_ICMPV6 => Some((flow.l4_off + 2, 0)),
         // SCTP's CRC32c does not cover IP addresses; port rewrites are refused (see `rewrite`).
         _ => None,
     }
@@ -21,7 +23,12 @@ fn l4_csum(flow: &Flow) -> Option<(usize, u64)> {
 
 /// Rewrite one address (source when `is_src`) to `new`.
 #[inline(always)]
-fn rewrite_addr<C: Packet>(ctx: &C, flow: &Flow, is_src: bool, new: &[u8; 16]) -> Result<(), ()> {
+pub fn rewrite_addr<C: Packet>(
+    ctx: &C,
+    flow: &Flow,
+    is_src: bool,
+    new: &[u8; 16],
+) -> Result<(), ()> {
     if flow.v6 {
         rewrite_addr_v6(ctx, flow, is_src, new)
     } else {

@@ -15,7 +15,7 @@
 //! Not checked: non-first fragments (no transport header to match; the first fragment, which
 //! carries it, is checked, and the receiver cannot reassemble a datagram without it), and
 //! IPv6 neighbour discovery and MLD; ICMP errors about an allowed connection pass like its
-//! replies (`policy_icmp`).
+//! replies (`icmp`).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_common::{
@@ -31,10 +31,10 @@ use crate::{
     conntrack,
     ctx::{load, Packet},
     events,
+    icmp::{self, Icmp, MAX_L4_OFF},
     maps::{POLICY_ENDPOINTS, POLICY_IDENTITIES, POLICY_RULES, POLICY_SCRATCH},
     parse::Flow,
     policy_ct::{self, Forward},
-    policy_icmp::{self, Icmp, MAX_L4_OFF},
 };
 
 /// Per-CPU working space. The from-pod hook's stack is nearly full with the service pipeline,
@@ -102,7 +102,10 @@ pub fn egress<C: Packet>(ctx: &C, f: &Flow, pass: Reason) -> Reason {
 fn egress_scratch<C: Packet>(ctx: &C, s: &mut Scratch) -> Reason {
     // Policy sees pod addresses: the destination after DNAT (the backend), and the source
     // before the reply SNAT (the backend pod answering, not the service address).
-    let translated = matches!(s.pass, Reason::NatNew | Reason::NatEstablished);
+    let translated = matches!(
+        s.pass,
+        Reason::NatNew | Reason::NatEstablished | Reason::NatHairpin
+    );
     if translated {
         s.svc_dst = s.tuple.dst;
         s.svc_dport_be = s.tuple.dport_be;
@@ -161,10 +164,10 @@ fn enforce<C: Packet>(ctx: &C, t: &Flow, dir: u8, k: &mut Keys) -> Option<Reason
     };
     let ep = endpoint(local)?;
     let now = conntrack::now();
-    match policy_icmp::classify(ctx, t) {
+    match icmp::classify(ctx, t) {
         Icmp::Exempt => return Some(Reason::PassPolicyNone),
         Icmp::Error
-            if policy_icmp::quoted(ctx, t, &mut k.quoted)
+            if icmp::quoted(ctx, t, &mut k.quoted)
                 && related(&k.quoted, local, dir, &mut k.ct, now) =>
         {
             return Some(Reason::PassPolicyTracked);
@@ -180,13 +183,16 @@ fn enforce<C: Packet>(ctx: &C, t: &Flow, dir: u8, k: &mut Keys) -> Option<Reason
     if policy_ct::is_reply(t, dir, &mut k.ct, now) {
         return Some(Reason::PassPolicyTracked);
     }
-    let isolated = ep.flags
-        & if dir == DIR_EGRESS {
-            EP_F_EGRESS_ISOLATED
-        } else {
-            EP_F_INGRESS_ISOLATED
-        }
-        != 0;
+    // A pod's traffic to itself (through a service: hairpin) is never isolated, as in
+    // Kubernetes' reachability model.
+    let isolated = local != remote
+        && ep.flags
+            & if dir == DIR_EGRESS {
+                EP_F_EGRESS_ISOLATED
+            } else {
+                EP_F_INGRESS_ISOLATED
+            }
+            != 0;
     let (reason, identity) = if isolated {
         let id = identity(remote, &mut k.lpm);
         if id != IDENTITY_HOST && !allowed(ep.id, id, dir, t, &mut k.rule) {

@@ -2,27 +2,35 @@
 //! new one on a service frontend, and translate.
 
 use dataplane_common::{
-    Reason, ServiceValue, CT_F_DNAT, CT_F_REPLY, PROTO_TCP, SVCNET_CLUSTER_IP, SVCNET_RANGE,
-    SVC_F_DROP_EMPTY, SVC_F_SOURCE_RANGES,
+    Reason, ServiceValue, CT_F_DNAT, CT_F_HAIRPIN, CT_F_REPLY, PROTO_TCP, SVCNET_CLUSTER_IP,
+    SVCNET_RANGE, SVC_F_DROP_EMPTY, SVC_F_SOURCE_RANGES,
 };
 
 use crate::{
     conntrack,
     ctx::Packet,
-    lb, nat,
+    hairpin, icmp_nat, lb,
+    maps::SCRATCH,
+    nat,
     parse::{self, Flow, Parsed},
     reject, snat,
 };
 
 /// The pipeline for packets from outside the node (XDP on an external interface):
 /// external-scope frontends first. (The from-pod hook parses itself and calls `translate`.)
-#[inline(always)]
+// A subprogram, so that the XDP program's own frame stays small.
+#[inline(never)]
 pub fn handle_external<C: Packet>(ctx: &C) -> Reason {
     let flow = match parse::parse(ctx) {
         Ok(Parsed::Flow(f)) => f,
         Ok(Parsed::NotIp) => return Reason::PassNotIp,
         Ok(Parsed::Fragment) => return Reason::PassFragment,
-        Ok(Parsed::Other(_)) => return Reason::PassOtherProto,
+        // ICMP errors are translated by `icmp_nat::from_outside`, called after this returns:
+        // this frame and its frame do not fit in the stack together.
+        Ok(Parsed::Other(f)) => {
+            icmp_nat::stash(&f);
+            return Reason::PassOtherProto;
+        }
         Err(r) => return r,
     };
     translate(ctx, &flow, true)
@@ -37,6 +45,9 @@ pub fn translate<C: Packet>(ctx: &C, flow: &Flow, external: bool) -> Reason {
     let now = conntrack::now();
 
     if let Some(ct) = conntrack::lookup(&flow, now) {
+        if ct.flags & CT_F_HAIRPIN != 0 {
+            return hairpin::translate(ctx, &flow, ct);
+        }
         if ct.flags & CT_F_REPLY != 0 {
             if ct.flags & CT_F_DNAT != 0 {
                 return snat::reply(ctx, &flow, ct);
@@ -100,6 +111,16 @@ fn new_connection<C: Packet>(
         Ok(hit) => hit,
         Err(reason) => return reason,
     };
+    if !external && be.addr == flow.src {
+        let tracked = hairpin::track(flow, id, &be, now);
+        let Some(s) = SCRATCH.get_ptr(0) else {
+            return Reason::DropCtFull;
+        };
+        if tracked != Reason::NatHairpin {
+            return tracked;
+        }
+        return hairpin::translate(ctx, flow, unsafe { &(*s).value });
+    }
     // Only traffic from outside the node is masqueraded: pods' replies return through
     // their node whatever the backend.
     let masquerade = external && snat::wanted(svc, &be, &flow.src);

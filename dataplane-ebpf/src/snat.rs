@@ -30,6 +30,7 @@ use dataplane_common::{
 use crate::{
     conntrack::{self, key, state_bits},
     ctx::Packet,
+    icmp_nat,
     maps::{NetKey, CONNTRACK, MASQ_ADDRS, POD_NETS, SCRATCH, SNAT},
     nat,
     parse::{self, Flow, Parsed},
@@ -100,13 +101,18 @@ pub fn reply<C: Packet>(ctx: &C, flow: &Flow, ct: &CtValue) -> Reason {
 /// TC egress on an external interface: the source rewrite of masqueraded connections (and
 /// the node port allocation of new ones). Everything else leaves untouched: this is all of
 /// the node's traffic, never dropped here unless a rewrite fails.
-#[inline(always)]
+// A subprogram, so that the program's own frame stays small (see `icmp_nat::stash`).
+#[inline(never)]
 pub fn egress<C: Packet>(ctx: &C) -> Reason {
     let flow = match parse::parse(ctx) {
         Ok(Parsed::Flow(f)) => f,
         Ok(Parsed::NotIp) => return Reason::PassNotIp,
         Ok(Parsed::Fragment) => return Reason::PassFragment,
-        Ok(Parsed::Other(_)) => return Reason::PassOtherProto,
+        // ICMP errors: `icmp_nat::translate_stashed`, once this frame is gone.
+        Ok(Parsed::Other(f)) => {
+            icmp_nat::stash(&f);
+            return Reason::PassOtherProto;
+        }
         Err(_) => return Reason::PassNoMasq,
     };
     let now = conntrack::now();
@@ -206,7 +212,7 @@ fn first_packet<C: Packet>(ctx: &C, flow: &Flow, now: u64) -> Reason {
 /// collision-free. An expired entry holds its port only until the LRU evicts it, so it is
 /// taken over.
 #[inline(always)]
-fn allocate(s: &mut Scratch, proto: u8, now: u64) -> Option<u16> {
+pub fn allocate(s: &mut Scratch, proto: u8, now: u64) -> Option<u16> {
     let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
     for _ in 0..SNAT_PORT_TRIES {
         let r = unsafe { bpf_get_prandom_u32() };

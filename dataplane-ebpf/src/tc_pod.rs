@@ -9,6 +9,8 @@ use dataplane_common::Reason;
 
 use crate::{
     ctx::Tc,
+    hairpin, icmp_nat,
+    maps::CONNTRACK,
     parse::{self, Flow, Parsed},
     policy, service, stats,
 };
@@ -32,12 +34,19 @@ pub fn skiff_tc_pod(ctx: TcContext) -> i32 {
                 policy::egress(&tc, f, r)
             }
         }
-        Ok(Parsed::Other(f)) => policy::egress(&tc, f, Reason::PassOtherProto),
+        // Policy first, on the error as the pod sent it (the packet it quotes is the pod's).
+        Ok(Parsed::Other(f)) => match policy::egress(&tc, f, Reason::PassOtherProto) {
+            Reason::PassOtherProto => icmp_nat::translate(&tc, f, &CONNTRACK),
+            r => r,
+        },
         Ok(Parsed::NotIp) => Reason::PassNotIp,
         Ok(Parsed::Fragment) => Reason::PassFragment,
         Err(r) => *r,
     };
     stats::count(reason);
+    if reason == Reason::NatHairpin {
+        return hairpin::back_into_pod(&tc);
+    }
     if reason.is_reject() {
         // The packet is now the reply to the pod: back out of the veth it came in by.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };

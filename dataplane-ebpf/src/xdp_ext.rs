@@ -4,11 +4,17 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
-use crate::{ctx::Xdp, service, stats};
+use dataplane_common::Reason;
+
+use crate::{ctx::Xdp, icmp_nat, maps::CONNTRACK, service, stats};
 
 #[xdp]
 pub fn skiff_xdp_ext(ctx: XdpContext) -> u32 {
-    let reason = service::handle_external(&Xdp(&ctx));
+    let x = Xdp(&ctx);
+    let reason = match service::handle_external(&x) {
+        Reason::PassOtherProto => icmp_nat::translate_stashed(&x, &CONNTRACK),
+        r => r,
+    };
     stats::count(reason);
     if reason.is_reject() {
         // The packet is now the reply (MACs swapped): back out of the interface it came in by.

@@ -27,10 +27,44 @@ const SCTP_TSN: u32 = 0x0000_1000;
 pub fn build_frame(spec: &FlowSpec) -> Result<Vec<u8>, PacketError> {
     spec.check()?;
     let l4 = build_l4(spec)?;
+    with_ip(spec.src, spec.dst, spec.proto.ip_proto(), &l4)
+}
+
+/// Builds an ICMP (IPv4) or ICMPv6 error from `src` to `dst` of type `ty` and `code` (`info`:
+/// the 4 bytes after the checksum, e.g. the MTU of "fragmentation needed" / "packet too
+/// big"), quoting the IP packet of `quoted` (an Ethernet frame, such as one `build_frame`
+/// made) whole, every checksum correct.
+pub fn build_icmp_error(
+    src: IpAddr,
+    dst: IpAddr,
+    ty: u8,
+    code: u8,
+    info: u32,
+    quoted: &[u8],
+) -> Result<Vec<u8>, PacketError> {
+    let proto = if src.is_ipv6() {
+        L4Proto::Icmpv6
+    } else {
+        L4Proto::Icmp
+    };
+    let mut seg = vec![ty, code, 0, 0];
+    seg.extend_from_slice(&info.to_be_bytes());
+    seg.extend_from_slice(quoted.get(ETH_HLEN..).unwrap_or_default());
+    let sum = if proto == L4Proto::Icmp {
+        internet_checksum(&[&seg])
+    } else {
+        l4_checksum(src, dst, proto.ip_proto(), &seg)?
+    };
+    seg[2..4].copy_from_slice(&sum.to_be_bytes());
+    with_ip(src, dst, proto.ip_proto(), &seg)
+}
+
+/// The frame around an L4 segment: fixed MACs, an IPv4 or IPv6 header.
+fn with_ip(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Result<Vec<u8>, PacketError> {
     let mut frame = Vec::with_capacity(ETH_HLEN + 40 + l4.len());
     frame.extend_from_slice(&DST_MAC);
     frame.extend_from_slice(&SRC_MAC);
-    match (spec.src, spec.dst) {
+    match (src, dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             let total = u16::try_from(20 + l4.len())
                 .map_err(|_| PacketError::TooLarge { len: l4.len() })?;
@@ -41,7 +75,7 @@ pub fn build_frame(spec: &FlowSpec) -> Result<Vec<u8>, PacketError> {
             ip[4..6].copy_from_slice(&IPV4_ID.to_be_bytes());
             ip[6..8].copy_from_slice(&IPV4_DF.to_be_bytes());
             ip[8] = TTL;
-            ip[9] = spec.proto.ip_proto();
+            ip[9] = proto;
             ip[12..16].copy_from_slice(&src.octets());
             ip[16..20].copy_from_slice(&dst.octets());
             let sum = internet_checksum(&[&ip]);
@@ -55,20 +89,15 @@ pub fn build_frame(spec: &FlowSpec) -> Result<Vec<u8>, PacketError> {
             let mut ip = [0u8; 40];
             ip[0] = 0x60;
             ip[4..6].copy_from_slice(&plen.to_be_bytes());
-            ip[6] = spec.proto.ip_proto();
+            ip[6] = proto;
             ip[7] = TTL;
             ip[8..24].copy_from_slice(&src.octets());
             ip[24..40].copy_from_slice(&dst.octets());
             frame.extend_from_slice(&ip);
         }
-        _ => {
-            return Err(PacketError::MixedFamilies {
-                src: spec.src,
-                dst: spec.dst,
-            })
-        }
+        _ => return Err(PacketError::MixedFamilies { src, dst }),
     }
-    frame.extend_from_slice(&l4);
+    frame.extend_from_slice(l4);
     Ok(frame)
 }
 

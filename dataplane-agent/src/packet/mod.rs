@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use build::build_frame;
+pub use build::{build_frame, build_icmp_error};
 pub use checksum::{crc32c, internet_checksum, l4_checksum, sctp_checksum, Checksum};
 pub use parse::parse_frame;
 

@@ -1,11 +1,12 @@
-//! ICMP at the policy hooks.
+//! ICMP messages as policy and NAT see them.
 //! - IPv6 neighbour discovery and multicast listener discovery are not subject to policy:
 //!   link-local control messages IPv6 needs to work at all (Calico and Cilium let them through
 //!   too).
 //! - ICMP errors (destination unreachable, packet too big, time exceeded, parameter problem)
 //!   about a packet of a connection policy allowed pass like its replies, as Linux
 //!   conntrack's RELATED state lets them through for Calico: path MTU discovery and "port
-//!   unreachable" keep working for isolated pods.
+//!   unreachable" keep working for isolated pods; and the service datapath translates the
+//!   packet they quote (`icmp_nat`).
 
 use dataplane_common::{
     v4_mapped, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, V4_MAPPED_PREFIX,
@@ -50,8 +51,9 @@ pub fn classify<C: Packet>(ctx: &C, t: &Flow) -> Icmp {
     }
 }
 
-/// The tuple of the packet an ICMP error quotes, into `inner`: false when it cannot be read
-/// (truncated, another family, a fragment without its ports).
+/// The tuple of the packet an ICMP error quotes, into `inner` (with the offsets of its IP and
+/// transport headers): false when it cannot be read (truncated, another family, a fragment
+/// without its ports).
 #[inline(always)]
 pub fn quoted<C: Packet>(ctx: &C, t: &Flow, inner: &mut Flow) -> bool {
     if t.l4_off > MAX_L4_OFF {
@@ -95,6 +97,8 @@ pub fn quoted<C: Packet>(ctx: &C, t: &Flow, inner: &mut Flow) -> bool {
     inner.dport_be = 0;
     inner.tcp_flags = 0;
     inner.v6 = t.v6;
+    inner.l3_off = off;
+    inner.l4_off = l4;
     if matches!(inner.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         let Some(ports) = load::<C, [u16; 2]>(ctx, l4) else {
             return false;
