@@ -639,6 +639,50 @@ fn service_without_endpoints_and_undefined_ports_are_refused_at_once() -> Result
     Ok(())
 }
 
+/// A backend's own ICMP port unreachable (nothing listens on the target port) reaches the
+/// client as the service's: a connected UDP socket sees ECONNREFUSED at once, not a timeout.
+/// And a pod reaches itself through its own service (hairpin).
+#[test]
+fn closed_udp_backend_port_is_refused_and_a_pod_reaches_itself_through_its_service() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let node = Node::start(1, |b| {
+        vec![
+            (
+                "web.yaml".into(),
+                service("web", VIP, Some(VIP6), 80, "TCP", 8080, b),
+            ),
+            (
+                "closed.yaml".into(),
+                service(
+                    "closed",
+                    "10.96.0.54",
+                    Some("fd00:96::54"),
+                    54,
+                    "UDP",
+                    5454,
+                    b,
+                ),
+            ),
+        ]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+    for to in ["10.96.0.54:54", "[fd00:96::54]:54"] {
+        let (kind, took) = attempt(node.client.ns(), "udp", to.parse()?)?;
+        assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "udp to {to}");
+        assert!(
+            took < Duration::from_secs(1),
+            "udp to {to} refused after {took:?}"
+        );
+    }
+    let be = &node.backends[0];
+    for vip in [VIP, VIP6] {
+        let answer = tcp_connect_once(be.ns(), ip(vip), 80, TIMEOUT)?;
+        assert_eq!(answer, be.name, "{} through {vip}", be.name);
+    }
+    Ok(())
+}
+
 /// One HTTP GET to `127.0.0.1:port` inside the node namespace: status code and body.
 fn http_get_in_node(node: &Node, port: u16) -> Result<(u16, String)> {
     use std::io::{Read, Write};
