@@ -299,8 +299,9 @@ impl Tracer {
                 policy,
             });
         }
-        if out.sent_back {
+        if out.sent_back && out.reason.is_some_and(|r| r.is_reject()) {
             // The packet became the reject reply (TCP RST / ICMP unreachable) to the client.
+            // (A hairpinned packet is sent back too, translated: it goes on below.)
             return Ok(TraceResult {
                 verdict: "reject",
                 dnat: None,

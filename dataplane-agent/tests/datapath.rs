@@ -1527,6 +1527,18 @@ fn trace_reports_masquerading() {
     assert_eq!((r.verdict, r.snat), ("dnat", None), "a pod of another node");
     let r = trace(&mut t, "10.244.1.7", "10.96.0.10", 80);
     assert_eq!((r.verdict, r.snat), ("dnat", None), "a pod of this node");
+    // The endpoint itself through its service: hairpin, sourced from the node address.
+    let r = trace(&mut t, "10.244.1.11", "10.96.0.11", 80);
+    assert_eq!(
+        (r.verdict, r.code, r.dnat.as_deref(), r.snat.as_deref()),
+        (
+            "dnat",
+            Some("nat_hairpin"),
+            Some("10.244.1.11:8080"),
+            Some("192.0.2.1")
+        ),
+        "{r:?}"
+    );
 
     let mut t = tracer("");
     let r = trace(&mut t, "203.0.113.9", "10.96.0.10", 80);
