@@ -2,7 +2,7 @@
 //! (`dataplane_common::crc32c`), checked against the agent's full CRC32c on random messages,
 //! offsets and lengths. Plain arithmetic: no root needed.
 
-use dataplane_common::crc32c::{append_zeros, mul, raw, replace2, X8_POW2};
+use dataplane_common::crc32c::{append_zeros, flip2, mul, raw, POLY, X8_POW2};
 use skiff::packet::{crc32c, sctp_checksum};
 
 /// xorshift64*: reproducible random numbers without a dependency.
@@ -49,11 +49,11 @@ fn raw_crc_is_crc32c_without_the_inversions() {
     let mut rng = Rng(1);
     for len in 0..64 {
         let data = rng.bytes(len);
-        assert_eq!(raw(&data), raw_bitwise(&data), "len {len}");
+        assert_eq!(raw(&data, POLY), raw_bitwise(&data), "len {len}");
         if len >= 4 {
             let mut flipped = data.clone();
             flipped[..4].iter_mut().for_each(|b| *b ^= 0xff);
-            assert_eq!(!raw(&flipped), crc32c(&data), "len {len}");
+            assert_eq!(!raw(&flipped, POLY), crc32c(&data), "len {len}");
         }
     }
 }
@@ -64,10 +64,10 @@ fn multiplication_by_one_and_the_zero_table() {
     let mut rng = Rng(2);
     for _ in 0..1000 {
         let b = rng.next() as u32;
-        assert_eq!(mul(one, b), b);
-        assert_eq!(mul(b, one), b);
+        assert_eq!(mul(one, b, POLY), b);
+        assert_eq!(mul(b, one, POLY), b);
         let a = rng.next() as u32;
-        assert_eq!(mul(a, b), mul(b, a));
+        assert_eq!(mul(a, b, POLY), mul(b, a, POLY));
     }
     // Each entry is its predecessor squared, starting at x^8 = one zero byte.
     let mut reg = 0xdead_beef_u32;
@@ -86,7 +86,7 @@ fn multiplication_by_one_and_the_zero_table() {
             }
             r
         };
-        assert_eq!(mul(t, reg), slow, "x^(8*2^{i})");
+        assert_eq!(mul(t, reg, POLY), slow, "x^(8*2^{i})");
         reg = reg.rotate_left(7) ^ 0x1234_5678;
     }
 }
@@ -101,7 +101,11 @@ fn appending_zeros_matches_feeding_them() {
         let d = rng.bytes(k);
         let mut fed = d.clone();
         fed.resize(d.len() + usize::from(n), 0);
-        assert_eq!(append_zeros(raw(&d), n), raw_bitwise(&fed), "{n} zeros");
+        assert_eq!(
+            append_zeros(raw(&d, POLY), n, POLY),
+            raw_bitwise(&fed),
+            "{n} zeros"
+        );
     }
 }
 
@@ -127,7 +131,7 @@ fn replacing_two_bytes_anywhere_matches_a_full_crc32c() {
         msg[at..at + 2].copy_from_slice(&new);
         let after = u16::try_from(len - at - 2).unwrap();
         assert_eq!(
-            replace2(before, old, new, after),
+            flip2(before, [old[0] ^ new[0], old[1] ^ new[1]], after, POLY),
             crc32c(&msg),
             "len {len}, offset {at}"
         );
@@ -150,7 +154,7 @@ fn sctp_port_rewrites_keep_the_checksum_valid() {
         sctp[port_at..port_at + 2].copy_from_slice(&new);
         let stored = u32::from_le_bytes(sctp[8..12].try_into().unwrap());
         let after = u16::try_from(len - port_at - 2).unwrap();
-        let updated = replace2(stored, old, new, after);
+        let updated = flip2(stored, [old[0] ^ new[0], old[1] ^ new[1]], after, POLY);
         sctp[8..12].copy_from_slice(&updated.to_le_bytes());
         assert_eq!(
             sctp_checksum(&sctp),

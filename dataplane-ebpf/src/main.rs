@@ -22,6 +22,7 @@ mod policy;
 mod policy_ct;
 mod policy_icmp;
 mod reject;
+mod sctp;
 mod service;
 mod snat;
 mod stats;
