@@ -6,7 +6,7 @@
 //! `k` of an `L`-byte message flips the CRC by `raw(d ++ zeros(L - k - len(d)))`, where `raw`
 //! starts from 0 and has no final inversion. Feeding `z` zero bytes to a raw register
 //! multiplies it by `x^(8z)` mod P, done here by square-and-multiply over a table of
-//! `x^(8·2^i)` (zlib's `crc32_combine` technique): at most 16 multiplications of 32 rounds
+//! `x^(8·2^i)` (zlib's `crc32_combine` technique): 16 multiplications of 32 rounds
 //! for any SCTP packet, instead of one table step per byte of the packet.
 //!
 //! Polynomials are reflected, as the CRC register is: bit 31 holds the coefficient of x^0.
