@@ -26,16 +26,18 @@ use skiff::packet::{self, FlowSpec, L4Proto, ParsedFrame, TCP_ACK, TCP_FIN, TCP_
 /// whose service pipeline is a subprogram, moved to 37,703), conn4/6 to 1,809/1,253 and
 /// send4/6 to 3,817/1,941); masquerading (the pending egress entry and the masqueraded
 /// reply at XDP, merged after both) took XDP to 111,486 and TC to 37,899, and brought the
-/// external egress program (21,416); ICMP error translation (one subprogram, verified once
-/// per caller state: the quoted packet's and the outer address's rewrites multiply the paths)
-/// and hairpin took TC to 186,223, XDP to 137,226 and the external egress to 31,763. A
-/// change beyond the tolerance fails the test so that growth (or a surprising shrink) is seen
-/// and the numbers updated on purpose.
+/// external egress program (21,416); SCTP port translation (the inlined header rewrite on
+/// every translating path; the CRC arithmetic is a global function, verified once), ICMP
+/// error translation (one subprogram, verified once per caller state: the quoted packet's
+/// and the outer address's rewrites multiply the paths) and hairpin took TC to 358,088, XDP
+/// to 181,421, the external egress to 89,695 (and the to-pod program to 14,470). A change
+/// beyond the tolerance fails the test so that growth (or a surprising shrink) is seen and
+/// the numbers updated on purpose.
 const RECORDED_INSNS: [(&str, u32); 12] = [
-    ("skiff_tc_pod", 186_223),
-    ("skiff_tc_to_pod", 12_642),
-    ("skiff_xdp_ext", 137_226),
-    ("skiff_tc_ext", 31_763),
+    ("skiff_tc_pod", 358_088),
+    ("skiff_tc_to_pod", 14_470),
+    ("skiff_xdp_ext", 181_421),
+    ("skiff_tc_ext", 89_695),
     ("skiff_conn4", 1_809),
     ("skiff_conn6", 1_253),
     ("skiff_send4", 3_817),
@@ -1743,4 +1745,211 @@ fn a_pod_reaches_itself_through_its_service_v4() {
 #[test]
 fn a_pod_reaches_itself_through_its_service_v6() {
     hairpin("fd00:244::11", "fd00:96::10", "2001:db8::1");
+}
+
+// ---- SCTP port translation (the CRC32c updated incrementally) ----
+
+/// The SCTP packet of an output frame, as long as its IP header says (not the frame: it
+/// may carry Ethernet padding).
+fn sctp_segment(frame: &[u8]) -> &[u8] {
+    let ipv4 = u16::from_be_bytes([frame[12], frame[13]]) == 0x0800;
+    let (start, end) = if ipv4 {
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+        (14 + ihl, 14 + total)
+    } else {
+        let plen = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+        (14 + 40, 14 + 40 + plen)
+    };
+    assert_eq!(frame[if ipv4 { 23 } else { 20 }], 132, "not SCTP");
+    &frame[start..end]
+}
+
+/// The stored CRC32c (little-endian at byte 8) of the frame's SCTP packet.
+fn stored_crc(frame: &[u8]) -> u32 {
+    u32::from_le_bytes(sctp_segment(frame)[8..12].try_into().unwrap())
+}
+
+/// Checks the SCTP CRC32c with the user-space full CRC32c, independently of `parse_frame`.
+fn assert_sctp_crc(frame: &[u8]) {
+    let mut seg = sctp_segment(frame).to_vec();
+    seg[8..12].fill(0);
+    assert_eq!(
+        stored_crc(frame),
+        packet::crc32c(&seg),
+        "SCTP CRC32c does not verify"
+    );
+}
+
+/// Runs `s` at `hook`, expecting `want`; checks the CRC and that it changed along with a
+/// port (a stale CRC would then fail `assert_sctp_crc`).
+fn sctp_step(
+    dp: &mut Datapath,
+    hook: Hook,
+    frame: &[u8],
+    want: Reason,
+) -> (RunOutcome, ParsedFrame) {
+    let (out, p) = run_frame(dp, hook, frame);
+    assert!(!out.dropped, "{hook:?}: dropped, {:?}", out.reason);
+    assert_eq!(out.reason, Some(want), "{hook:?}");
+    assert_checksums(&p);
+    assert_sctp_crc(&out.frame);
+    let ports_in = &sctp_segment(frame)[..4];
+    if ports_in != &sctp_segment(&out.frame)[..4] {
+        assert_ne!(stored_crc(frame), stored_crc(&out.frame), "CRC not updated");
+    }
+    (out, p)
+}
+
+/// An SCTP association to a ClusterIP whose port (80) differs from the backends' (8080):
+/// INIT (new connection), DATA (established), the backend's DATA reply translated back.
+fn sctp_round_trip(hook: Hook, client: &str, vip: &str, be: &str) {
+    let proto = Protocol::Sctp;
+    let d = desired(vec![(
+        frontend(vip, 80, proto),
+        backends(&[be], 8080, proto),
+    )]);
+    let (mut dp, _w) = loaded(&d);
+
+    // INIT: no payload.
+    let init = FlowSpec::new(L4Proto::Sctp, ip(client), 40_000, ip(vip), 80);
+    let frame = packet::build_frame(&init).unwrap();
+    let (_, p) = sctp_step(&mut dp, hook, &frame, Reason::NatNew);
+    assert_eq!(p.sctp_chunk_type, Some(packet::SCTP_CHUNK_INIT));
+    assert_eq!(
+        (p.src, p.sport, p.dst, p.dport),
+        (ip(client), 40_000, ip(be), 8080)
+    );
+
+    // DATA of various lengths (odd ones too): the CRC covers every byte after the port.
+    for len in [1, 11, 64, 1001] {
+        let data = spec(proto, client, 40_000, vip, 80, 0).with_payload(vec![0xa5; len]);
+        let frame = packet::build_frame(&data).unwrap();
+        let (_, p) = sctp_step(&mut dp, hook, &frame, Reason::NatEstablished);
+        assert_eq!(p.sctp_chunk_type, Some(packet::SCTP_CHUNK_DATA));
+        assert_eq!((p.dst, p.dport, p.payload_len), (ip(be), 8080, len));
+    }
+
+    // The backend answers from 8080: the source becomes the service again.
+    let reply = spec(proto, be, 8080, client, 40_000, 0);
+    let frame = packet::build_frame(&reply).unwrap();
+    let (out, p) = if hook == Hook::XdpExt {
+        let (out, _) = run_frame(&mut dp, Hook::TcPod, &frame);
+        assert_eq!(out.reason, Some(Reason::PassNoService));
+        sctp_step(&mut dp, Hook::TcExt, &out.frame, Reason::NatReplySource)
+    } else {
+        sctp_step(&mut dp, Hook::TcPod, &frame, Reason::NatReply)
+    };
+    assert_eq!(
+        (p.src, p.sport),
+        (ip(vip), 80),
+        "reply source is the service"
+    );
+    assert_eq!((p.dst, p.dport), (ip(client), 40_000));
+    assert_ne!(stored_crc(&frame), stored_crc(&out.frame));
+}
+
+#[test]
+fn tc_sctp_port_translation_v4_and_v6() {
+    sctp_round_trip(Hook::TcPod, "10.244.1.5", "10.96.0.10", "10.244.1.11");
+    sctp_round_trip(
+        Hook::TcPod,
+        "fd00:244:1::5",
+        "fd00:96::10",
+        "fd00:244:1::11",
+    );
+}
+
+#[test]
+fn xdp_sctp_port_translation_v4_and_v6() {
+    sctp_round_trip(Hook::XdpExt, "198.51.100.7", "10.96.0.10", "10.244.1.11");
+    sctp_round_trip(Hook::XdpExt, "2001:db8::7", "fd00:96::10", "fd00:244:1::11");
+}
+
+/// A NodePort reached from outside: XDP translates address and port, the external egress
+/// program translates the backend's reply.
+#[test]
+fn xdp_sctp_node_port() {
+    let proto = Protocol::Sctp;
+    let d = desired(vec![(
+        frontend("192.0.2.1", 30_080, proto),
+        backends(&["10.244.1.11"], 8080, proto),
+    )]);
+    let (mut dp, _w) = loaded(&d);
+    let init = FlowSpec::new(
+        L4Proto::Sctp,
+        ip("198.51.100.7"),
+        40_000,
+        ip("192.0.2.1"),
+        30_080,
+    );
+    let frame = packet::build_frame(&init).unwrap();
+    let (_, p) = sctp_step(&mut dp, Hook::XdpExt, &frame, Reason::NatNew);
+    assert_eq!((p.dst, p.dport), (ip("10.244.1.11"), 8080));
+    let reply = spec(proto, "10.244.1.11", 8080, "198.51.100.7", 40_000, 0);
+    let (out, _) = run(&mut dp, Hook::TcPod, &reply);
+    let (_, p) = sctp_step(&mut dp, Hook::TcExt, &out.frame, Reason::NatReplySource);
+    assert_eq!((p.src, p.sport), (ip("192.0.2.1"), 30_080));
+}
+
+/// Ethernet padding after the IP packet is not covered by the CRC: the length comes from
+/// the IP header. An IP length beyond the frame is dropped, never passed on half-fixed.
+#[test]
+fn sctp_lengths_come_from_the_ip_header() {
+    let proto = Protocol::Sctp;
+    let mut entries = Vec::new();
+    for (vip, be) in [
+        ("10.96.0.10", "10.244.1.11"),
+        ("fd00:96::10", "fd00:244:1::11"),
+    ] {
+        entries.push((frontend(vip, 80, proto), backends(&[be], 8080, proto)));
+    }
+    let (mut dp, _w) = loaded(&desired(entries));
+    for (client, vip) in [
+        ("10.244.1.5", "10.96.0.10"),
+        ("fd00:244:1::5", "fd00:96::10"),
+    ] {
+        // One flow per hook: both share the connection-tracking table.
+        for (hook, sport) in [(Hook::TcPod, 40_001), (Hook::XdpExt, 40_002)] {
+            let s = spec(proto, client, sport, vip, 80, 0).with_payload(&b"odd"[..]);
+            let frame = packet::build_frame(&s).unwrap();
+
+            let mut padded = frame.clone();
+            padded.extend_from_slice(&[0xee; 7]);
+            let (out, p) = sctp_step(&mut dp, hook, &padded, Reason::NatNew);
+            assert_eq!(p.dport, 8080);
+            assert_eq!(out.frame.len(), padded.len(), "padding kept as it was");
+
+            for cut in [1, 4, 16] {
+                let short = &frame[..frame.len() - cut];
+                let out = testrun::run(&mut dp, hook, short).unwrap();
+                assert!(
+                    out.dropped,
+                    "{hook:?} {client}: IP length {cut} bytes past the frame passed: {:?}",
+                    out.reason
+                );
+                assert_eq!(out.reason, Some(Reason::DropNatFailed));
+            }
+        }
+    }
+}
+
+/// A zero CRC field at TC is a CRC still owed by checksum offload (CHECKSUM_PARTIAL: the
+/// kernel computes it over the packet, field included, when it leaves): it stays zero.
+#[test]
+fn tc_sctp_crc_left_to_offload_stays_zero() {
+    let proto = Protocol::Sctp;
+    let d = desired(vec![(
+        frontend("10.96.0.10", 80, proto),
+        backends(&["10.244.1.11"], 8080, proto),
+    )]);
+    let (mut dp, _w) = loaded(&d);
+    let s = spec(proto, "10.244.1.5", 40_003, "10.96.0.10", 80, 0);
+    let mut frame = packet::build_frame(&s).unwrap();
+    let crc_at = 14 + 20 + 8;
+    frame[crc_at..crc_at + 4].fill(0);
+    let (out, p) = run_frame(&mut dp, Hook::TcPod, &frame);
+    assert_eq!(out.reason, Some(Reason::NatNew));
+    assert_eq!(p.dport, 8080);
+    assert_eq!(stored_crc(&out.frame), 0, "an owed CRC must stay zero");
 }

@@ -123,3 +123,18 @@ fn without_socket_lb_the_node_has_no_hook() {
     assert_eq!((r.verdict, r.hook, r.code), ("pass", None, None));
     assert!(r.reason.contains("socketLB: false"), "{}", r.reason);
 }
+
+/// SCTP from a pod to a service whose targetPort differs from its port: the port is
+/// translated (the CRC32c updated in the kernel), not refused as a NAT failure.
+#[test]
+fn sctp_from_a_pod_reports_the_port_translation() {
+    let mut t = tracer("");
+    let r = t
+        .trace(&flow("sctp", "10.244.1.5", "10.96.0.12", 80))
+        .unwrap();
+    assert_eq!(r.origin, Origin::Pod);
+    assert_eq!(
+        (r.verdict, r.dnat.as_deref(), r.code),
+        ("dnat", Some("10.244.1.11:8080"), Some("nat_new_connection"))
+    );
+}

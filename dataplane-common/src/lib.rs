@@ -9,6 +9,7 @@
 //!   per struct, because the kernel compares keys byte for byte.
 #![no_std]
 
+pub mod crc32c;
 pub mod maglev;
 pub mod maps;
 pub mod policy;

@@ -18,8 +18,13 @@ pub const CSUM_PSEUDO: u64 = BPF_F_PSEUDO_HDR as u64;
 pub const CSUM_MANGLED_0: u64 = BPF_F_MARK_MANGLED_0 as u64;
 
 pub trait Packet {
+    /// True where an SCTP CRC32c may still be owed by checksum offload (an skb with
+    /// CHECKSUM_PARTIAL carries a zero CRC field, filled in when it leaves the node).
+    const SCTP_CRC_MAY_BE_PENDING: bool;
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// Length of the whole packet, non-linear part included.
+    fn pkt_len(&self) -> usize;
     /// Make the first `len` bytes (or the whole packet if shorter) directly accessible.
     fn make_linear(&self, len: usize);
     /// Write `v` at byte offset `off` of the packet.
@@ -61,9 +66,16 @@ pub fn load<C: Packet, T: Copy>(ctx: &C, off: usize) -> Option<T> {
 pub struct Tc<'a>(pub &'a TcContext);
 
 impl Packet for Tc<'_> {
+    const SCTP_CRC_MAY_BE_PENDING: bool = true;
+
     #[inline(always)]
     fn data(&self) -> usize {
         self.0.data()
+    }
+
+    #[inline(always)]
+    fn pkt_len(&self) -> usize {
+        self.0.len() as usize
     }
 
     #[inline(always)]
@@ -182,9 +194,17 @@ impl Xdp<'_> {
 }
 
 impl Packet for Xdp<'_> {
+    // Frames from the wire carry their CRC.
+    const SCTP_CRC_MAY_BE_PENDING: bool = false;
+
     #[inline(always)]
     fn data(&self) -> usize {
         self.0.data()
+    }
+
+    #[inline(always)]
+    fn pkt_len(&self) -> usize {
+        self.data_end() - self.data()
     }
 
     #[inline(always)]

@@ -24,6 +24,7 @@ mod parse;
 mod policy;
 mod policy_ct;
 mod reject;
+mod sctp;
 mod service;
 mod snat;
 mod stats;

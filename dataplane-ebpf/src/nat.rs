@@ -6,6 +6,7 @@ use dataplane_common::{PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use crate::{
     ctx::{load, Packet, CSUM_MANGLED_0, CSUM_PSEUDO},
     parse::Flow,
+    sctp,
 };
 
 /// Where the L4 checksum lives and how it behaves, or `None` when there is none to fix.
@@ -16,7 +17,7 @@ fn l4_csum(flow: &Flow) -> Option<(usize, u64)> {
         PROTO_UDP => Some((flow.l4_off + 6, CSUM_MANGLED_0)),
         // ICMPv6 covers a pseudo-header (ICMPv4 does not): only ICMP errors are rewritten.
         PROTO_ICMPV6 => Some((flow.l4_off + 2, 0)),
-        // SCTP's CRC32c does not cover IP addresses; port rewrites are refused (see `rewrite`).
+        // SCTP's CRC32c does not cover IP addresses; ports: see `sctp::rewrite_port`.
         _ => None,
     }
 }
@@ -92,8 +93,7 @@ fn rewrite_port<C: Packet>(ctx: &C, flow: &Flow, is_src: bool, new_be: u16) -> R
         return Ok(());
     }
     if flow.proto == PROTO_SCTP {
-        // Would need a CRC32c over the whole packet; not supported yet.
-        return Err(());
+        return sctp::rewrite_port(ctx, flow, is_src, old, new_be);
     }
     ctx.store(off, &new_be)?;
     if let Some((csum_off, flags)) = l4_csum(flow) {
