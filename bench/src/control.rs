@@ -287,7 +287,8 @@ pub fn child(dir: &Path, n: u32, changes: usize, out: &Path) -> Result<()> {
     // One endpoint change through the manifests directory: what the agent does on a change
     // (rescan the directory, re-parse the changed file, translate, diff, write).
     let mut store = ManifestStore::new();
-    let problems = store.apply(&DirSnapshot::read(dir)?);
+    let mut last = DirSnapshot::read(dir)?;
+    let problems = store.apply(&last);
     if !problems.is_empty() {
         bail!("{} problems in the generated manifests", problems.len());
     }
@@ -296,8 +297,10 @@ pub fn child(dir: &Path, n: u32, changes: usize, out: &Path) -> Result<()> {
         let ip = changed_ip(changes + c);
         write_file_of(dir, n, target, Some(ip))?;
         let t = Instant::now();
-        let snapshot = DirSnapshot::read(dir)?;
+        // As the agent's poll does: only files changed since the last read are read.
+        let snapshot = DirSnapshot::read_reusing(dir, Some(&last))?;
         let problems = store.apply(&snapshot);
+        last = snapshot;
         if !problems.is_empty() {
             bail!("{} problems after the change", problems.len());
         }

@@ -1,5 +1,6 @@
 //! Polling for changes of a manifests directory. Polling (rather than inotify) also sees
-//! ConfigMap volume updates, which swap a symlink, and costs little for a handful of files.
+//! ConfigMap volume updates, which swap a symlink; a poll reads only the files whose
+//! attributes changed since the last read.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,7 +38,11 @@ impl DirWatcher {
     /// (the first call always returns): a snapshot, or the error reading the directory (an
     /// error is reported once, not at every poll while it lasts).
     pub fn poll(&mut self) -> Option<Result<DirSnapshot, ManifestError>> {
-        let scan = DirSnapshot::read(&self.dir);
+        let previous = match &self.last {
+            Some(Seen::Files(old)) => Some(old),
+            _ => None,
+        };
+        let scan = DirSnapshot::read_reusing(&self.dir, previous);
         let unchanged = match (&self.last, &scan) {
             (Some(Seen::Files(old)), Ok(new)) => old.same_files(new),
             (Some(Seen::Failed(old)), Err(err)) => *old == err.to_string(),
