@@ -256,11 +256,13 @@ pub fn child(dir: &Path, n: u32, changes: usize, out: &Path) -> Result<()> {
     let mut in_mem = Vec::with_capacity(changes);
     for c in 0..changes {
         let ip = changed_ip(c);
-        state
-            .endpoint_slices
-            .get_mut(&key)
-            .context("the target EndpointSlice is missing")?
-            .endpoints[0]
+        std::sync::Arc::make_mut(
+            state
+                .endpoint_slices
+                .get_mut(&key)
+                .context("the target EndpointSlice is missing")?,
+        )
+        .endpoints[0]
             .addresses[0] = ip;
         let t = Instant::now();
         let desired = translate(&state, &config);

@@ -15,6 +15,7 @@
 //! generated so that none of them lets the client reach the target's `DENIED_PORT`.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
@@ -222,15 +223,17 @@ impl PolicyCluster {
             let name = ns_name(k);
             let ns = json!({"metadata": {"name": name, "labels": {
                 "team": format!("t{}", k % 10), "env": if k % 2 == 0 { "prod" } else { "dev" }}}});
-            state
-                .namespaces
-                .insert(name, serde_json::from_value(ns).context("namespace")?);
+            state.namespaces.insert(
+                name,
+                Arc::new(serde_json::from_value(ns).context("namespace")?),
+            );
         }
         for j in 0..s.pods {
             let key = NamespacedName::new(ns_name(j % s.namespaces), format!("pod{j}"));
-            state
-                .pods
-                .insert(key, serde_json::from_value(pod(&s, j)).context("pod")?);
+            state.pods.insert(
+                key,
+                Arc::new(serde_json::from_value(pod(&s, j)).context("pod")?),
+            );
         }
         if s.policies > 0 {
             let key = NamespacedName::new(ns_name(0), "bench-allow");
@@ -238,14 +241,14 @@ impl PolicyCluster {
                             "spec": bench_allow()});
             state
                 .network_policies
-                .insert(key, serde_json::from_value(np).context("policy")?);
+                .insert(key, Arc::new(serde_json::from_value(np).context("policy")?));
         }
         for g in 0..s.policies.saturating_sub(1) {
             let (ns, np) = generated(&s, g);
             let key = NamespacedName::new(ns, format!("np{g}"));
             state
                 .network_policies
-                .insert(key, serde_json::from_value(np).context("policy")?);
+                .insert(key, Arc::new(serde_json::from_value(np).context("policy")?));
         }
         let [t, c, d] = fixed(&s).map(|j| IpAddr::V4(pod_ip(&s, j)));
         Ok(PolicyCluster {
@@ -269,7 +272,7 @@ impl PolicyCluster {
                         "spec": spec});
         self.state.network_policies.insert(
             NamespacedName::new(ns_name(0), "bench-allow"),
-            serde_json::from_value(np)?,
+            Arc::new(serde_json::from_value(np)?),
         );
         Ok(())
     }
@@ -334,8 +337,12 @@ mod tests {
     #[test]
     fn the_set_mixes_the_documented_kinds() {
         let c = small(200);
-        let all: Vec<_> = c.state.network_policies.values().collect();
-        let text = serde_json::to_string(&all).unwrap();
+        let text: String = c
+            .state
+            .network_policies
+            .values()
+            .map(|p| serde_json::to_string(&**p).unwrap())
+            .collect();
         for needle in [
             "namespaceSelector",
             "matchExpressions",

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
@@ -58,15 +59,17 @@ impl fmt::Display for NamespacedName {
 
 /// Everything the sources know about the cluster, keyed for deterministic iteration.
 #[derive(Clone, Debug, Default, PartialEq)]
+/// Objects are shared with the sources' stores: a new state after one change costs a map of
+/// pointers, not a copy of every object.
 pub struct ClusterState {
-    pub services: BTreeMap<NamespacedName, Service>,
-    pub endpoint_slices: BTreeMap<NamespacedName, EndpointSlice>,
-    pub pods: BTreeMap<NamespacedName, core::Pod>,
+    pub services: BTreeMap<NamespacedName, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<NamespacedName, Arc<EndpointSlice>>,
+    pub pods: BTreeMap<NamespacedName, Arc<core::Pod>>,
     /// Cluster-scoped: keyed by name.
-    pub namespaces: BTreeMap<String, core::Namespace>,
-    pub network_policies: BTreeMap<NamespacedName, networking::NetworkPolicy>,
+    pub namespaces: BTreeMap<String, Arc<core::Namespace>>,
+    pub network_policies: BTreeMap<NamespacedName, Arc<networking::NetworkPolicy>>,
     /// Cluster-scoped: keyed by name.
-    pub nodes: BTreeMap<String, core::Node>,
+    pub nodes: BTreeMap<String, Arc<core::Node>>,
 }
 
 /// A field of an object that failed validation.

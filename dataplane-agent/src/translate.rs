@@ -461,11 +461,11 @@ mod tests {
             if doc.contains("kind: Service") {
                 let k8s: core::Service = serde_yaml::from_str(doc).unwrap();
                 let svc = Service::from_k8s(&k8s).unwrap();
-                state.services.insert(svc.key(), svc);
+                state.services.insert(svc.key(), svc.into());
             } else {
                 let k8s: discovery::EndpointSlice = serde_yaml::from_str(doc).unwrap();
                 let slice = EndpointSlice::from_k8s(&k8s).unwrap();
-                state.endpoint_slices.insert(slice.key(), slice);
+                state.endpoint_slices.insert(slice.key(), slice.into());
             }
         }
         state

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -37,7 +38,7 @@ pub(super) trait WatchedKind:
     /// Validate the object and keep what the dataplane needs of it.
     fn into_stored(self) -> Result<Self::Stored, ValidationError>;
 
-    fn objects(state: &mut ClusterState) -> &mut BTreeMap<Self::Key, Self::Stored>;
+    fn objects(state: &mut ClusterState) -> &mut BTreeMap<Self::Key, Arc<Self::Stored>>;
 
     /// What to ask the API server for; `node_name` is this node.
     fn watcher_config(_node_name: &str) -> watcher::Config {
@@ -57,7 +58,7 @@ impl WatchedKind for core::Service {
         model::Service::from_k8s(&self)
     }
 
-    fn objects(state: &mut ClusterState) -> &mut BTreeMap<NamespacedName, model::Service> {
+    fn objects(state: &mut ClusterState) -> &mut BTreeMap<NamespacedName, Arc<model::Service>> {
         &mut state.services
     }
 
@@ -78,7 +79,9 @@ impl WatchedKind for discovery::EndpointSlice {
         model::EndpointSlice::from_k8s(&self)
     }
 
-    fn objects(state: &mut ClusterState) -> &mut BTreeMap<NamespacedName, model::EndpointSlice> {
+    fn objects(
+        state: &mut ClusterState,
+    ) -> &mut BTreeMap<NamespacedName, Arc<model::EndpointSlice>> {
         &mut state.endpoint_slices
     }
 
@@ -99,7 +102,7 @@ impl WatchedKind for core::Pod {
         Ok(trim::pod(self))
     }
 
-    fn objects(state: &mut ClusterState) -> &mut BTreeMap<NamespacedName, core::Pod> {
+    fn objects(state: &mut ClusterState) -> &mut BTreeMap<NamespacedName, Arc<core::Pod>> {
         &mut state.pods
     }
 }
@@ -116,7 +119,7 @@ impl WatchedKind for core::Namespace {
         Ok(trim::namespace(self))
     }
 
-    fn objects(state: &mut ClusterState) -> &mut BTreeMap<String, core::Namespace> {
+    fn objects(state: &mut ClusterState) -> &mut BTreeMap<String, Arc<core::Namespace>> {
         &mut state.namespaces
     }
 }
@@ -137,7 +140,7 @@ impl WatchedKind for networking::NetworkPolicy {
 
     fn objects(
         state: &mut ClusterState,
-    ) -> &mut BTreeMap<NamespacedName, networking::NetworkPolicy> {
+    ) -> &mut BTreeMap<NamespacedName, Arc<networking::NetworkPolicy>> {
         &mut state.network_policies
     }
 }
@@ -154,7 +157,7 @@ impl WatchedKind for core::Node {
         Ok(trim::node(self))
     }
 
-    fn objects(state: &mut ClusterState) -> &mut BTreeMap<String, core::Node> {
+    fn objects(state: &mut ClusterState) -> &mut BTreeMap<String, Arc<core::Node>> {
         &mut state.nodes
     }
 

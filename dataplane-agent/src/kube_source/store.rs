@@ -3,7 +3,7 @@
 //! the watch counters. Writers flag what an update must report and wake the reader.
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::DynamicObject;
@@ -93,10 +93,10 @@ impl Store {
         match stored {
             Ok(stored) => self.modify(|inner| {
                 let objects = K::objects(&mut inner.state);
-                if objects.get(&key) == Some(&stored) {
+                if objects.get(&key).is_some_and(|old| **old == stored) {
                     return false;
                 }
-                objects.insert(key.clone(), stored);
+                objects.insert(key.clone(), Arc::new(stored));
                 true
             }),
             Err(problem) => {

@@ -1,6 +1,7 @@
 //! The kinds a manifests directory may hold and how one document becomes a typed object.
 
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -91,13 +92,15 @@ impl fmt::Display for ObjectId {
 
 /// A parsed and validated object.
 #[derive(Clone, Debug, PartialEq)]
+// Shared, not boxed: the store hands every object to each new version of its state, and
+// only the objects of a changed file are new.
 pub enum Object {
-    Service(Box<model::Service>),
-    EndpointSlice(Box<model::EndpointSlice>),
-    Pod(Box<core::Pod>),
-    Namespace(Box<core::Namespace>),
-    NetworkPolicy(Box<networking::NetworkPolicy>),
-    Node(Box<core::Node>),
+    Service(Arc<model::Service>),
+    EndpointSlice(Arc<model::EndpointSlice>),
+    Pod(Arc<core::Pod>),
+    Namespace(Arc<core::Namespace>),
+    NetworkPolicy(Arc<networking::NetworkPolicy>),
+    Node(Arc<core::Node>),
 }
 
 /// Why a document of a known kind and name did not become an object.
@@ -144,31 +147,31 @@ pub(crate) fn decode(id: &ObjectId, value: Value) -> Result<Object, DecodeError>
         Kind::Service => {
             let mut svc: core::Service = typed(value)?;
             svc.metadata.namespace = namespace;
-            Object::Service(Box::new(
+            Object::Service(Arc::new(
                 model::Service::from_k8s(&svc).map_err(DecodeError::Invalid)?,
             ))
         }
         Kind::EndpointSlice => {
             let mut slice: discovery::EndpointSlice = typed(value)?;
             slice.metadata.namespace = namespace;
-            Object::EndpointSlice(Box::new(
+            Object::EndpointSlice(Arc::new(
                 model::EndpointSlice::from_k8s(&slice).map_err(DecodeError::Invalid)?,
             ))
         }
         Kind::Pod => {
             let mut pod: core::Pod = typed(value)?;
             pod.metadata.namespace = namespace;
-            Object::Pod(Box::new(pod))
+            Object::Pod(Arc::new(pod))
         }
         Kind::NetworkPolicy => {
             let mut policy: networking::NetworkPolicy = typed(value)?;
             policy.metadata.namespace = namespace;
             // Stored as the k8s type, but only when valid (like Services).
             crate::policy::Policy::from_k8s(&policy).map_err(DecodeError::Invalid)?;
-            Object::NetworkPolicy(Box::new(policy))
+            Object::NetworkPolicy(Arc::new(policy))
         }
-        Kind::Namespace => Object::Namespace(Box::new(typed(value)?)),
-        Kind::Node => Object::Node(Box::new(typed(value)?)),
+        Kind::Namespace => Object::Namespace(Arc::new(typed(value)?)),
+        Kind::Node => Object::Node(Arc::new(typed(value)?)),
     };
     Ok(object)
 }

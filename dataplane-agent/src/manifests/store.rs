@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::ManifestError;
 use super::object::{Object, ObjectId};
@@ -120,22 +121,22 @@ impl ManifestStore {
             let key = || NamespacedName::new(id.namespace.clone().unwrap_or_default(), &id.name);
             match object {
                 Object::Service(svc) => {
-                    state.services.insert(key(), (**svc).clone());
+                    state.services.insert(key(), Arc::clone(svc));
                 }
                 Object::EndpointSlice(slice) => {
-                    state.endpoint_slices.insert(key(), (**slice).clone());
+                    state.endpoint_slices.insert(key(), Arc::clone(slice));
                 }
                 Object::Pod(pod) => {
-                    state.pods.insert(key(), (**pod).clone());
+                    state.pods.insert(key(), Arc::clone(pod));
                 }
                 Object::NetworkPolicy(policy) => {
-                    state.network_policies.insert(key(), (**policy).clone());
+                    state.network_policies.insert(key(), Arc::clone(policy));
                 }
                 Object::Namespace(ns) => {
-                    state.namespaces.insert(id.name.clone(), (**ns).clone());
+                    state.namespaces.insert(id.name.clone(), Arc::clone(ns));
                 }
                 Object::Node(node) => {
-                    state.nodes.insert(id.name.clone(), (**node).clone());
+                    state.nodes.insert(id.name.clone(), Arc::clone(node));
                 }
             }
         }

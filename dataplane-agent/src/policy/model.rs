@@ -1005,11 +1005,13 @@ mod tests {
                     let p: core::Pod = serde_yaml::from_value(v).unwrap();
                     state
                         .pods
-                        .insert(namespaced_key("Pod", &p.metadata).unwrap(), p);
+                        .insert(namespaced_key("Pod", &p.metadata).unwrap(), p.into());
                 }
                 "Namespace" => {
                     let n: core::Namespace = serde_yaml::from_value(v).unwrap();
-                    state.namespaces.insert(n.metadata.name.clone().unwrap(), n);
+                    state
+                        .namespaces
+                        .insert(n.metadata.name.clone().unwrap(), n.into());
                 }
                 other => panic!("{other}"),
             }

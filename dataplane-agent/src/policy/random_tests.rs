@@ -3,6 +3,7 @@
 //! evaluator does from the policy semantics.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dataplane_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use serde_json::{json, Value};
@@ -172,7 +173,7 @@ fn random_cluster(seed: u64) -> (Cluster, Vec<IpAddr>) {
             "metadata": {"name": ns, "labels": labels(&mut rng)}
         }))
         .unwrap();
-        c.state.namespaces.insert(ns.into(), ns_obj);
+        c.state.namespaces.insert(ns.into(), ns_obj.into());
     }
     let mut addresses: Vec<IpAddr> = EXTERNAL.iter().map(|s| ip(s)).collect();
     addresses.extend(c.config.node_ips.iter().copied());
@@ -211,7 +212,7 @@ fn random_cluster(seed: u64) -> (Cluster, Vec<IpAddr>) {
         }
         c.state
             .pods
-            .insert(namespaced_key("Pod", &pod.metadata).unwrap(), pod);
+            .insert(namespaced_key("Pod", &pod.metadata).unwrap(), pod.into());
     }
     addresses.sort();
     addresses.dedup();
@@ -252,9 +253,10 @@ fn random_cluster(seed: u64) -> (Cluster, Vec<IpAddr>) {
             "spec": spec,
         }))
         .unwrap();
-        c.state
-            .network_policies
-            .insert(namespaced_key("NetworkPolicy", &np.metadata).unwrap(), np);
+        c.state.network_policies.insert(
+            namespaced_key("NetworkPolicy", &np.metadata).unwrap(),
+            np.into(),
+        );
     }
     (c, addresses)
 }
@@ -314,7 +316,7 @@ fn maps_decide_like_the_reference_on_random_clusters() {
         let keys: Vec<_> = c.state.pods.keys().cloned().collect();
         for _ in 0..5 {
             let key = rng.pick(&keys).clone();
-            let pod = c.state.pods.get_mut(&key).unwrap();
+            let pod = Arc::make_mut(c.state.pods.get_mut(&key).unwrap());
             pod.metadata.labels = serde_json::from_value(labels(&mut rng)).unwrap();
         }
         cross_check(&c, &addresses, &mut rng, &mut tally, Some(&first));

@@ -30,7 +30,7 @@ fn big_cluster() -> Cluster {
                                                   "env": if ns % 2 == 0 { "prod" } else { "dev" }}}
         }))
         .unwrap();
-        c.state.namespaces.insert(name.clone(), obj);
+        c.state.namespaces.insert(name.clone(), obj.into());
         for i in 0..PODS_PER_NAMESPACE {
             let app = if i % 10 == 9 {
                 "db".to_string()
@@ -49,7 +49,7 @@ fn big_cluster() -> Cluster {
             .unwrap();
             c.state
                 .pods
-                .insert(namespaced_key("Pod", &pod.metadata).unwrap(), pod);
+                .insert(namespaced_key("Pod", &pod.metadata).unwrap(), pod.into());
         }
         for k in 0..POLICIES_PER_NAMESPACE {
             let spec = match k {
@@ -94,9 +94,10 @@ fn big_cluster() -> Cluster {
                     "spec": spec,
                 }))
                 .unwrap();
-            c.state
-                .network_policies
-                .insert(namespaced_key("NetworkPolicy", &np.metadata).unwrap(), np);
+            c.state.network_policies.insert(
+                namespaced_key("NetworkPolicy", &np.metadata).unwrap(),
+                np.into(),
+            );
         }
     }
     c

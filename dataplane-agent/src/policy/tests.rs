@@ -93,13 +93,13 @@ impl Cluster {
     pub fn namespace(&mut self, name: &str, labels: &str) {
         let ns: core::Namespace =
             serde_yaml::from_str(&format!("metadata: {{name: {name}, labels: {labels}}}")).unwrap();
-        self.state.namespaces.insert(name.to_string(), ns);
+        self.state.namespaces.insert(name.to_string(), ns.into());
     }
 
     pub fn pod(&mut self, yaml: &str) {
         let pod: core::Pod = serde_yaml::from_str(yaml).unwrap();
         let key = namespaced_key("Pod", &pod.metadata).unwrap();
-        self.state.pods.insert(key, pod);
+        self.state.pods.insert(key, pod.into());
     }
 
     pub fn remove_pod(&mut self, key: &str) {
@@ -110,7 +110,7 @@ impl Cluster {
     pub fn policy(&mut self, yaml: &str) {
         let np: networking::NetworkPolicy = serde_yaml::from_str(yaml).unwrap();
         let key = namespaced_key("NetworkPolicy", &np.metadata).unwrap();
-        self.state.network_policies.insert(key, np);
+        self.state.network_policies.insert(key, np.into());
     }
 
     pub fn compile(&self, previous: Option<&CompiledPolicy>) -> (PolicyModel, CompiledPolicy) {
