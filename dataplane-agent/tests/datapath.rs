@@ -854,11 +854,19 @@ fn ten_thousand_services_with_ten_endpoints_fit_the_maps() {
 
 #[test]
 fn trace_answers_reject_at_both_hooks() {
+    trace_rejects("");
+    // The external path at TC ingress: the reject is a redirect there, not XDP_TX.
+    trace_rejects("externalIngress: tc\n");
+}
+
+fn trace_rejects(ingress: &str) {
     use skiff::config::NodeConfig;
     use skiff::trace::{FlowInput, Tracer};
     let config = NodeConfig::from_yaml_str(
-        "nodeName: n\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
-         serviceCIDRs: [10.96.0.0/16]\n",
+        &format!(
+            "nodeName: n\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
+             serviceCIDRs: [10.96.0.0/16]\n{ingress}"
+        ),
         "test",
     )
     .unwrap();
@@ -1127,9 +1135,27 @@ fn local_policy_without_local_endpoints_drops_instead_of_rejecting() {
 
 #[test]
 fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
+    trace_external_cases("", "xdp(external interface)");
+    trace_external_cases("externalIngress: xdp\n", "xdp(external interface)");
+}
+
+/// With `externalIngress: tc` trace runs traffic from outside through the TC ingress
+/// program, with the same answers.
+#[test]
+fn trace_runs_the_external_path_at_tc_ingress_when_configured() {
+    trace_external_cases("externalIngress: tc\n", "tc-ingress(external interface)");
+}
+
+/// `skiff trace` for traffic from outside: `ingress` is the node config's `externalIngress`
+/// line, `hook` the hook name the answers must report.
+fn trace_external_cases(ingress: &str, hook: &str) {
     use skiff::config::NodeConfig;
     use skiff::trace::{FlowInput, Origin, Tracer};
-    let dir = std::env::temp_dir().join(format!("skiff-trace-ext-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "skiff-trace-ext-{}-{}",
+        std::process::id(),
+        ingress.len()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let slice = |name: &str, eps: &str| {
         format!(
@@ -1159,7 +1185,9 @@ fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
     ];
     std::fs::write(dir.join("svc.yaml"), docs.join("---\n")).unwrap();
     let config = NodeConfig::from_yaml_str(
-        "nodeName: node-a\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n",
+        &format!(
+            "nodeName: node-a\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n{ingress}"
+        ),
         "test",
     )
     .unwrap();
@@ -1177,7 +1205,7 @@ fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
         })
         .unwrap()
     };
-    // From outside, eTP=Local: the local endpoint, client address kept, at the XDP hook.
+    // From outside, eTP=Local: the local endpoint, client address kept, at the external hook.
     for (dst, dport) in [
         ("192.0.2.127", 80),
         ("192.0.2.1", 30080),
@@ -1187,12 +1215,13 @@ fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
         assert_eq!(r.verdict, "dnat", "{dst}:{dport} {r:?}");
         assert_eq!(r.dnat.as_deref(), Some("10.244.1.11:8080"));
         assert_eq!((r.snat, r.origin), (None, Origin::External));
-        assert_eq!(r.hook, Some("xdp(external interface)"));
+        assert_eq!(r.hook, Some(hook));
         assert_eq!(r.service.as_deref(), Some("ns/web"));
     }
     // loadBalancerSourceRanges: the LB IP refuses other sources; the NodePort does not.
     let r = trace("198.51.100.7", "192.0.2.127", 80);
     assert_eq!((r.verdict, r.code), ("drop", Some("source_range")));
+    assert_eq!(r.hook, Some(hook));
     assert_eq!(trace("198.51.100.7", "192.0.2.1", 30080).verdict, "dnat");
     // No local endpoint: external traffic dropped, pods still reach the remote endpoint.
     let r = trace("203.0.113.9", "192.0.2.1", 30081);
