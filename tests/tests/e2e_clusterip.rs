@@ -109,8 +109,27 @@ enum External {
     None,
     /// `externalInterfaces: [skx0]` with the default `externalIngress` (auto).
     Auto,
+    /// Auto, on an MTU (9,000) that native veth XDP refuses: auto's fallback to TC ingress.
+    AutoJumbo,
     /// `externalIngress: tc` too.
     Tc,
+    /// `externalIngress: xdp` on the 9,000-byte MTU: refused, so no ingress program at all.
+    XdpJumbo,
+}
+
+impl External {
+    /// The hook, mode, kernel XDP state and link pin skx0's ingress must have (`None`: no
+    /// ingress program).
+    fn expected(self) -> (Option<(Hook, &'static str, &'static str)>, XdpAttached) {
+        match self {
+            External::AutoJumbo | External::Tc => (
+                Some((Hook::TcExtIngress, "tcx", "tc-ext-ingress")),
+                XdpAttached::None,
+            ),
+            External::XdpJumbo | External::None => (None, XdpAttached::None),
+            External::Auto => (Some((Hook::Xdp, "native", "xdp")), XdpAttached::Driver),
+        }
+    }
 }
 
 /// The agent's node config.
@@ -121,8 +140,9 @@ fn node_config(external: External) -> String {
          serviceCIDRs: [10.96.0.0/16, \"fd00:96::/108\"]\npodInterfaces: [\"skd*\"]\n{}",
         match external {
             External::None => "",
-            External::Auto => "externalInterfaces: [skx0]\n",
+            External::Auto | External::AutoJumbo => "externalInterfaces: [skx0]\n",
             External::Tc => "externalInterfaces: [skx0]\nexternalIngress: tc\n",
+            External::XdpJumbo => "externalInterfaces: [skx0]\nexternalIngress: xdp\n",
         }
     )
 }
@@ -192,12 +212,16 @@ impl Node {
         let bpffs = PrivateBpffs::mount(scratch.0.join("bpffs"), skiff_bin())?;
         let pin_dir = bpffs.pin_dir();
         if external != External::None {
-            bed.add_pod(
+            let ext = bed.add_pod(
                 "ext",
                 "skx0",
                 Some("198.51.100.7".parse()?),
                 Some("2001:db8:7::7".parse()?),
             )?;
+            if matches!(external, External::AutoJumbo | External::XdpJumbo) {
+                skiff_testbed::ip(Some(bed.node()), &["link", "set", "skx0", "mtu", "9000"])?;
+                skiff_testbed::ip(Some(ext.ns()), &["link", "set", "eth0", "mtu", "9000"])?;
+            }
         }
         std::fs::write(&config, node_config(external))?;
         let agent_args: Vec<std::ffi::OsString> = vec![
@@ -265,22 +289,19 @@ impl Node {
     /// `skx0` takes traffic from outside with the hook `external` selects, and only with it:
     /// as the agent reports it, as the kernel runs it, and as the links are pinned.
     fn assert_external_hook(&self, external: External) -> Result<()> {
-        let (hook, mode, xdp, pin) = match external {
-            External::Tc => (
-                Hook::TcExtIngress,
-                "tcx",
-                XdpAttached::None,
-                "tc-ext-ingress",
-            ),
-            _ => (Hook::Xdp, "native", XdpAttached::Driver, "xdp"),
-        };
+        let (want, xdp) = external.expected();
+        // skx0 is reported as soon as its egress program is attached, ingress or not.
         let ingress: Vec<(Hook, String)> = self
             .attached("skx0")?
             .into_iter()
             .filter(|a| a.iface == "skx0" && a.hook != Hook::TcExtEgress)
             .map(|a| (a.hook, a.mode))
             .collect();
-        assert_eq!(ingress, [(hook, mode.to_string())], "{external:?}");
+        let want_reported: Vec<(Hook, String)> = want
+            .iter()
+            .map(|(hook, mode, _)| (*hook, mode.to_string()))
+            .collect();
+        assert_eq!(ingress, want_reported, "{external:?}");
         let running = skiff_testbed::in_netns(self.bed.node(), || {
             // This thread's /sys is still the test's namespace's: ask the kernel by name.
             // SAFETY: a NUL-terminated name.
@@ -293,8 +314,12 @@ impl Node {
             .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_>>()?;
         pins.retain(|p| p.ends_with(":skx0") && !p.starts_with("tc-ext-egress:"));
-        assert_eq!(pins.len(), 1, "one ingress link pinned on skx0: {pins:?}");
-        assert!(pins[0].starts_with(&format!("{pin}:")), "{pins:?}");
+        let pinned: Vec<&str> = pins.iter().filter_map(|p| p.split(':').next()).collect();
+        let want_pinned: Vec<&str> = want.iter().map(|(_, _, pin)| *pin).collect();
+        assert_eq!(
+            pinned, want_pinned,
+            "ingress links pinned on skx0: {pins:?}"
+        );
         Ok(())
     }
 
@@ -904,10 +929,33 @@ fn node_port_from_outside_keeps_the_client_ip_and_rejects_without_endpoints() ->
     node_port_from_outside(External::Auto)
 }
 
-/// The same through the TC ingress program, as on a NIC without native XDP.
+/// The same through the TC ingress program, chosen with `externalIngress: tc`.
 #[test]
 fn node_port_from_outside_through_tc_ingress() -> Result<()> {
     node_port_from_outside(External::Tc)
+}
+
+/// The same where the driver refuses native XDP (a veth with a 9,000-byte MTU): auto falls
+/// back to TC ingress, never to generic XDP.
+#[test]
+fn node_port_from_outside_falls_back_to_tc_without_native_xdp() -> Result<()> {
+    node_port_from_outside(External::AutoJumbo)
+}
+
+/// `externalIngress: xdp` where the driver refuses native XDP: no ingress program at all (an
+/// error), neither TC nor generic XDP.
+#[test]
+fn external_ingress_xdp_only_attaches_nothing_else_when_refused() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let node = Node::start_opts(1, External::XdpJumbo, |b| {
+        vec![(
+            "web.yaml".into(),
+            service("web", VIP, None, 80, "TCP", 8080, b),
+        )]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+    node.assert_external_hook(External::XdpJumbo)
 }
 
 /// A NodePort from outside (eTP=Local) keeps the client's address, a NodePort without
@@ -965,9 +1013,9 @@ fn node_port_from_outside(external: External) -> Result<()> {
     node.assert_external_hook(external)?;
     // XDP_TX on a veth reaches the peer only when the peer runs native XDP (see
     // `enable_xdp_tx`); TC's redirect needs nothing.
-    let _client_xdp = match external {
-        External::Tc => None,
-        _ => Some(enable_xdp_tx(&ext)?),
+    let _client_xdp = match external.expected().1 {
+        XdpAttached::Driver => Some(enable_xdp_tx(&ext)?),
+        _ => None,
     };
     let server = peer_address_server(node.backends[0].ns(), 16, Duration::from_secs(60))?;
     node_port_keeps_the_client_ip(&ext)?;

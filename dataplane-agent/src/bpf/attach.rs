@@ -86,10 +86,7 @@ pub enum AttachError {
     },
     #[error("listing interfaces: {0}")]
     List(std::io::Error),
-    #[error(
-        "{iface}: the driver refused native XDP ({error}); externalIngress: xdp allows nothing \
-         else (auto falls back to TC ingress)"
-    )]
+    #[error("{iface}: the driver refused native XDP: {}", with_causes(.error))]
     NativeXdpRefused { iface: String, error: ProgramError },
     #[error("{iface}: link: {error}")]
     Link { iface: String, error: LinkError },
@@ -465,6 +462,18 @@ impl Attachments {
             h.release();
         }
     }
+}
+
+/// An error and its causes on one line (the kernel's errno is in the cause of aya's errors).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 fn attach_error<'a>(
