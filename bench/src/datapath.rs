@@ -209,13 +209,14 @@ fn baseline_run(
     let res = match (
         hook,
         dp.ebpf.program_mut(match hook {
-            Hook::TcPod | Hook::TcToPod | Hook::TcExt => PROG_BASELINE_TC,
+            Hook::TcPod | Hook::TcToPod | Hook::TcExtIn | Hook::TcExt => PROG_BASELINE_TC,
             Hook::XdpExt => PROG_BASELINE_XDP,
         }),
     ) {
-        (Hook::TcPod | Hook::TcToPod | Hook::TcExt, Some(Program::SchedClassifier(p))) => {
-            p.test_run(opts)?
-        }
+        (
+            Hook::TcPod | Hook::TcToPod | Hook::TcExtIn | Hook::TcExt,
+            Some(Program::SchedClassifier(p)),
+        ) => p.test_run(opts)?,
         (Hook::XdpExt, Some(Program::Xdp(p))) => p.test_run(opts)?,
         _ => bail!("baseline program for {} not loaded", hook.name()),
     };
@@ -240,6 +241,7 @@ fn hook_label(hook: Hook) -> &'static str {
         Hook::TcPod => "tc_clusterip",
         Hook::TcToPod => "tc_to_pod",
         Hook::XdpExt => "xdp_clusterip_external",
+        Hook::TcExtIn => "tc_clusterip_external",
         Hook::TcExt => "tc_external_egress",
     }
 }
@@ -249,7 +251,7 @@ fn client(hook: Hook) -> IpAddr {
         // A pod on this node.
         Hook::TcPod | Hook::TcToPod => "10.247.255.5".parse().unwrap(),
         // A client outside the cluster.
-        Hook::XdpExt | Hook::TcExt => "192.0.2.50".parse().unwrap(),
+        Hook::XdpExt | Hook::TcExtIn | Hook::TcExt => "192.0.2.50".parse().unwrap(),
     }
 }
 
@@ -369,8 +371,8 @@ fn baseline_frame(hook: Hook) -> Result<Vec<u8>> {
 
 fn check_pass(hook: Hook, ret: u32) -> Result<()> {
     let pass = match hook {
-        Hook::TcPod | Hook::TcToPod | Hook::TcExt => u32::MAX, // TC_ACT_UNSPEC (-1)
-        Hook::XdpExt => 2,                                     // XDP_PASS
+        Hook::TcPod | Hook::TcToPod | Hook::TcExtIn | Hook::TcExt => u32::MAX, // TC_ACT_UNSPEC (-1)
+        Hook::XdpExt => 2,                                                     // XDP_PASS
     };
     if ret != pass {
         bail!(
@@ -521,6 +523,7 @@ pub fn run(p: &Params) -> Result<Vec<Figure>> {
             let newc = new_connection(&mut dp, hook, vip, SERVICE_PORT, p)?;
             let kind = match hook {
                 Hook::TcPod | Hook::TcExt => "tc",
+                Hook::TcExtIn => "tc_external",
                 Hook::TcToPod => "tc_to_pod",
                 Hook::XdpExt => "xdp",
             };

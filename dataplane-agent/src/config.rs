@@ -19,6 +19,40 @@ pub const DEFAULT_POD_INTERFACES: [&str; 3] = ["veth*", "cali*", "lxc*"];
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const MAX_IFNAME_LEN: usize = 15;
 
+/// Which hook takes the packets arriving on `externalInterfaces` (`externalIngress`). Both
+/// run the same pipeline; generic (skb) XDP is never used: it runs where TC does, after the
+/// skb is allocated, and may copy each one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExternalIngress {
+    /// Native (driver) XDP where the driver takes it, else TC ingress (the default).
+    #[default]
+    Auto,
+    /// Native XDP only: an interface whose driver refuses it is an error.
+    Xdp,
+    /// TC ingress (TCX) only.
+    Tc,
+}
+
+impl ExternalIngress {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ExternalIngress::Auto => "auto",
+            ExternalIngress::Xdp => "xdp",
+            ExternalIngress::Tc => "tc",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ExternalIngress> {
+        [
+            ExternalIngress::Auto,
+            ExternalIngress::Xdp,
+            ExternalIngress::Tc,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read node config {origin}: {error}")]
@@ -61,6 +95,8 @@ struct RawNodeConfig {
     pod_interfaces: Option<Vec<String>>,
     #[serde(default)]
     external_interfaces: Vec<String>,
+    #[serde(default)]
+    external_ingress: Option<String>,
     #[serde(rename = "socketLB", default)]
     socket_lb: Option<bool>,
     #[serde(default)]
@@ -89,8 +125,11 @@ pub struct NodeConfig {
     pub masquerade_all: bool,
     /// Interface-name patterns of the host side of pod veths; a trailing `*` matches any suffix.
     pub pod_interfaces: Vec<String>,
-    /// Interfaces facing outside the node (exact names): XDP translates service traffic there.
+    /// Interfaces facing outside the node (exact names): service traffic arriving there is
+    /// translated by XDP or TC ingress (`external_ingress`).
     pub external_interfaces: Vec<String>,
+    /// The hook on `external_interfaces` (`externalIngress`, default auto).
+    pub external_ingress: ExternalIngress,
     /// Translate local sockets' service traffic at `connect()`/`sendmsg()` (cgroup hooks;
     /// default on): the only path for host processes and hostNetwork pods.
     pub socket_lb: bool,
@@ -269,6 +308,16 @@ impl Validator<'_> {
         for (i, name) in raw.external_interfaces.iter().enumerate() {
             self.check_interface_name(i, name)?;
         }
+        let external_ingress = match raw.external_ingress.as_deref() {
+            None => ExternalIngress::Auto,
+            Some(v) => ExternalIngress::parse(v).ok_or_else(|| {
+                self.invalid(
+                    "externalIngress".into(),
+                    v,
+                    "expected auto (native XDP, else TC), xdp (native XDP only) or tc",
+                )
+            })?,
+        };
         let cgroup_path = match raw.cgroup_path {
             None => None,
             Some(p) if p.starts_with('/') && !p.split('/').any(|c| c == "..") => {
@@ -309,6 +358,7 @@ impl Validator<'_> {
             masquerade_all: raw.masquerade_all,
             pod_interfaces,
             external_interfaces: raw.external_interfaces,
+            external_ingress,
             socket_lb: raw.socket_lb.unwrap_or(true),
             cgroup_path,
             load_balancing,
@@ -611,6 +661,31 @@ mod tests {
                 ("externalInterfaces[0]".to_string(), bad.to_string())
             );
         }
+    }
+
+    #[test]
+    fn external_ingress_defaults_to_auto_and_takes_xdp_or_tc() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().external_ingress,
+            ExternalIngress::Auto
+        );
+        for (v, want) in [
+            ("auto", ExternalIngress::Auto),
+            ("xdp", ExternalIngress::Xdp),
+            ("tc", ExternalIngress::Tc),
+        ] {
+            let cfg = parse(&format!("{MINIMAL}externalIngress: {v}\n")).unwrap();
+            assert_eq!(cfg.external_ingress, want, "{v}");
+        }
+        // Generic XDP is deliberately not a choice; values are case-sensitive like the others.
+        for bad in ["generic", "skb", "XDP", "native", ""] {
+            let err = parse(&format!("{MINIMAL}externalIngress: '{bad}'\n")).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("expected auto"), "{msg}");
+            assert_eq!(invalid_key(err), ("externalIngress".into(), bad.into()));
+        }
+        let err = parse(&format!("{MINIMAL}externalIngress: [tc]\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     }
 
     #[test]

@@ -58,6 +58,14 @@ struct MapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExternalLabels {
+    interface: String,
+    /// `xdp` or `tc-ext-ingress` (the link pin and `skiff status` names).
+    hook: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PacketLabels {
     reason: &'static str,
     verdict: &'static str,
@@ -120,6 +128,7 @@ pub struct Metrics {
     map_entries: Family<MapLabels, Gauge<u64, AtomicU64>>,
     map_capacity: Family<MapLabels, Gauge<u64, AtomicU64>>,
     conntrack_entries: Gauge<u64, AtomicU64>,
+    external_ingress: Family<ExternalLabels, Gauge<u64, AtomicU64>>,
     absolute: Arc<AbsoluteCounters>,
     ready: AtomicBool,
 }
@@ -179,6 +188,12 @@ impl Metrics {
             "Entries in the connection-tracking map",
             conntrack_entries.clone(),
         );
+        let external_ingress = Family::default();
+        registry.register(
+            "external_ingress",
+            "1 for the hook (xdp: native XDP; tc-ext-ingress: TC ingress) and mode each external interface takes packets from outside with",
+            external_ingress.clone(),
+        );
         let absolute = Arc::new(AbsoluteCounters::default());
         registry.register_collector(Box::new(Arc::clone(&absolute)));
         Metrics {
@@ -191,6 +206,7 @@ impl Metrics {
             map_entries,
             map_capacity,
             conntrack_entries,
+            external_ingress,
             absolute,
             ready: AtomicBool::new(false),
         }
@@ -224,6 +240,25 @@ impl Metrics {
             .packets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(per_reason.clone());
+    }
+
+    /// Record the ingress hook attached to an external interface.
+    pub fn set_external_ingress(
+        &self,
+        interface: &str,
+        hook: crate::bpf::attach::ExternalHook,
+        mode: &'static str,
+    ) {
+        let hook = match hook {
+            crate::bpf::attach::ExternalHook::Xdp => crate::bpf::attach::HOOK_XDP,
+            crate::bpf::attach::ExternalHook::Tc => crate::bpf::attach::HOOK_TC_EXT_IN,
+        };
+        let labels = ExternalLabels {
+            interface: interface.into(),
+            hook,
+            mode,
+        };
+        self.external_ingress.get_or_create(&labels).set(1);
     }
 
     pub fn set_conntrack_entries(&self, n: u64) {
@@ -322,6 +357,8 @@ mod tests {
         m.set_map_usage("SK_BE_V1", 5, 262_144);
         m.set_conntrack_entries(42);
         m.watch_restarts(3);
+        m.set_external_ingress("eth0", crate::bpf::attach::ExternalHook::Xdp, "native");
+        m.set_external_ingress("eth1", crate::bpf::attach::ExternalHook::Tc, "tcx");
         let mut packets = BTreeMap::new();
         packets.insert(Reason::PassNoService, 100);
         packets.insert(Reason::NatNew, 9);
@@ -380,6 +417,26 @@ mod tests {
         );
         assert_eq!(sample(&text, "skiff_conntrack_entries"), Some(42.0));
         assert_eq!(sample(&text, "skiff_watch_restarts_total"), Some(3.0));
+        assert_eq!(
+            labelled(
+                &text,
+                "skiff_external_ingress",
+                &["interface=\"eth0\"", "hook=\"xdp\"", "mode=\"native\""]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            labelled(
+                &text,
+                "skiff_external_ingress",
+                &[
+                    "interface=\"eth1\"",
+                    "hook=\"tc-ext-ingress\"",
+                    "mode=\"tcx\""
+                ]
+            ),
+            Some(1.0)
+        );
         assert_eq!(
             labelled(
                 &text,

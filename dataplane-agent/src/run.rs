@@ -270,9 +270,12 @@ impl Agent {
             .chain(
                 self.attachments
                     .external_interfaces()
-                    .map(|(i, m)| status::Attached {
+                    .map(|(i, h, m)| status::Attached {
                         iface: i.to_string(),
-                        hook: status::Hook::Xdp,
+                        hook: match h {
+                            attach::ExternalHook::Xdp => status::Hook::Xdp,
+                            attach::ExternalHook::Tc => status::Hook::TcExtIngress,
+                        },
                         mode: m.into(),
                     }),
             )
@@ -401,10 +404,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Ok(update) => agent.apply(update),
         Err(e) => error!("{e}"),
     }
+    let external_ingress = agent.config.external_ingress;
     for name in agent.config.external_interfaces.clone() {
-        if let Err(e) = agent.attachments.attach_external(&mut agent.dp, &name) {
-            error!("{e}");
+        match agent
+            .attachments
+            .attach_external(&mut agent.dp, &name, external_ingress)
+        {
+            Ok((hook, mode)) => agent.metrics.set_external_ingress(&name, hook, mode),
+            Err(e) => error!("{e}"),
         }
+    }
+    if let Err(e) = agent.attachments.drop_stale_external_pins() {
+        warn!("{e}");
     }
     agent.attach_pods();
     let sock_lb = crate::bpf::socklb::start(&mut agent.dp, &agent.config, pin_dir.as_ref())

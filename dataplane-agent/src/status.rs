@@ -129,8 +129,13 @@ pub enum Hook {
     /// Pods' veths, packets going into the pod (`skiff_tc_to_pod`).
     #[serde(rename = "tc-egress")]
     TcEgress,
+    /// External interfaces, packets from outside, native XDP (`skiff_xdp_ext`).
     #[serde(rename = "xdp")]
     Xdp,
+    /// External interfaces, packets from outside, TC ingress (`skiff_tc_ext_in`): where
+    /// native XDP is refused, or `externalIngress: tc`.
+    #[serde(rename = "tc-ext-ingress")]
+    TcExtIngress,
     /// TC egress on external interfaces, packets leaving the node (`skiff_tc_ext`:
     /// masquerading).
     #[serde(rename = "tc-ext-egress")]
@@ -143,6 +148,7 @@ impl Hook {
             Hook::TcIngress => "tc-ingress",
             Hook::TcEgress => "tc-egress",
             Hook::Xdp => "xdp",
+            Hook::TcExtIngress => "tc-ext-ingress",
             Hook::TcExtEgress => "tc-ext-egress",
         }
     }
@@ -152,6 +158,7 @@ impl Hook {
             Hook::TcIngress,
             Hook::TcEgress,
             Hook::Xdp,
+            Hook::TcExtIngress,
             Hook::TcExtEgress,
         ]
         .into_iter()
@@ -170,7 +177,7 @@ impl fmt::Display for Hook {
 pub struct Attached {
     pub iface: String,
     pub hook: Hook,
-    /// How: "tcx" for TC, "native"/"generic" for XDP, or what the attach code reports.
+    /// How: "tcx" for TC, "native" for XDP (skiff never attaches generic XDP).
     pub mode: String,
 }
 
@@ -667,12 +674,12 @@ impl fmt::Display for StatusReport {
             if !status.attached.is_empty() {
                 writeln!(f, "  agent reports:")?;
                 for a in &status.attached {
-                    writeln!(f, "    {:<16} {:<11} {}", a.iface, a.hook.as_str(), a.mode)?;
+                    writeln!(f, "    {:<16} {:<14} {}", a.iface, a.hook.as_str(), a.mode)?;
                 }
             }
         }
         if !self.links.is_empty() {
-            writeln!(f, "  {:<32} {:<11} {:<16} STATE", "PIN", "HOOK", "IFACE")?;
+            writeln!(f, "  {:<32} {:<14} {:<16} STATE", "PIN", "HOOK", "IFACE")?;
             for l in &self.links {
                 let mut state = match &l.kernel {
                     Ok(k) => format!(
@@ -690,7 +697,7 @@ impl fmt::Display for StatusReport {
                 }
                 writeln!(
                     f,
-                    "  {:<32} {:<11} {:<16} {state}",
+                    "  {:<32} {:<14} {:<16} {state}",
                     l.pin,
                     // Socket-level links (`bpf::socklb`) name a cgroup id, not an interface.
                     l.hook.map_or(
@@ -893,6 +900,10 @@ mod tests {
         assert_eq!(
             parse_link_pin("xdp:2:eth0"),
             (Some(Hook::Xdp), Some(2), "eth0".into())
+        );
+        assert_eq!(
+            parse_link_pin("tc-ext-ingress:2:eth0"),
+            (Some(Hook::TcExtIngress), Some(2), "eth0".into())
         );
         assert_eq!(parse_link_pin("other"), (None, None, String::new()));
     }

@@ -14,7 +14,7 @@ use crate::bpf::{
     writer::{WriteError, Writer},
     Datapath,
 };
-use crate::config::NodeConfig;
+use crate::config::{ExternalIngress, NodeConfig};
 use crate::desired::{DesiredState, Frontend, Protocol};
 use crate::model::ClusterState;
 use crate::packet::{self, FlowSpec, L4Proto};
@@ -229,7 +229,12 @@ impl Tracer {
         let origin = self.origin(input.src);
         let hook = match origin {
             Origin::Pod => Hook::TcPod,
-            Origin::External => Hook::XdpExt,
+            // The hook the node config puts there: both run the same pipeline, and `auto`
+            // means native XDP wherever the driver takes it.
+            Origin::External => match self.config.external_ingress {
+                ExternalIngress::Tc => Hook::TcExtIn,
+                ExternalIngress::Auto | ExternalIngress::Xdp => Hook::XdpExt,
+            },
             Origin::Node => {
                 // No packet hook: only the socket-level one (see `trace_node`).
                 let fe = Frontend {

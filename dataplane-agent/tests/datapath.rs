@@ -30,13 +30,15 @@ use skiff::packet::{self, FlowSpec, L4Proto, ParsedFrame, TCP_ACK, TCP_FIN, TCP_
 /// every translating path; the CRC arithmetic is a global function, verified once), ICMP
 /// error translation (one subprogram, verified once per caller state: the quoted packet's
 /// and the outer address's rewrites multiply the paths) and hairpin took TC to 358,088, XDP
-/// to 181,421, the external egress to 89,695 (and the to-pod program to 14,470). A change
+/// to 181,421, the external egress to 89,695 (and the to-pod program to 14,470); the external
+/// TC ingress program (XDP's pipeline laid out as the from-pod hook's) came at 112,251. A change
 /// beyond the tolerance fails the test so that growth (or a surprising shrink) is seen and
 /// the numbers updated on purpose.
-const RECORDED_INSNS: [(&str, u32); 12] = [
+const RECORDED_INSNS: [(&str, u32); 13] = [
     ("skiff_tc_pod", 358_088),
     ("skiff_tc_to_pod", 14_470),
     ("skiff_xdp_ext", 181_421),
+    ("skiff_tc_ext_in", 112_251),
     ("skiff_tc_ext", 89_695),
     ("skiff_conn4", 1_809),
     ("skiff_conn6", 1_253),
@@ -852,11 +854,19 @@ fn ten_thousand_services_with_ten_endpoints_fit_the_maps() {
 
 #[test]
 fn trace_answers_reject_at_both_hooks() {
+    trace_rejects("");
+    // The external path at TC ingress: the reject is a redirect there, not XDP_TX.
+    trace_rejects("externalIngress: tc\n");
+}
+
+fn trace_rejects(ingress: &str) {
     use skiff::config::NodeConfig;
     use skiff::trace::{FlowInput, Tracer};
     let config = NodeConfig::from_yaml_str(
-        "nodeName: n\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
-         serviceCIDRs: [10.96.0.0/16]\n",
+        &format!(
+            "nodeName: n\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
+             serviceCIDRs: [10.96.0.0/16]\n{ingress}"
+        ),
         "test",
     )
     .unwrap();
@@ -1125,9 +1135,27 @@ fn local_policy_without_local_endpoints_drops_instead_of_rejecting() {
 
 #[test]
 fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
+    trace_external_cases("", "xdp(external interface)");
+    trace_external_cases("externalIngress: xdp\n", "xdp(external interface)");
+}
+
+/// With `externalIngress: tc` trace runs traffic from outside through the TC ingress
+/// program, with the same answers.
+#[test]
+fn trace_runs_the_external_path_at_tc_ingress_when_configured() {
+    trace_external_cases("externalIngress: tc\n", "tc-ingress(external interface)");
+}
+
+/// `skiff trace` for traffic from outside: `ingress` is the node config's `externalIngress`
+/// line, `hook` the hook name the answers must report.
+fn trace_external_cases(ingress: &str, hook: &str) {
     use skiff::config::NodeConfig;
     use skiff::trace::{FlowInput, Origin, Tracer};
-    let dir = std::env::temp_dir().join(format!("skiff-trace-ext-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "skiff-trace-ext-{}-{}",
+        std::process::id(),
+        ingress.len()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let slice = |name: &str, eps: &str| {
         format!(
@@ -1157,7 +1185,9 @@ fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
     ];
     std::fs::write(dir.join("svc.yaml"), docs.join("---\n")).unwrap();
     let config = NodeConfig::from_yaml_str(
-        "nodeName: node-a\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n",
+        &format!(
+            "nodeName: node-a\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n{ingress}"
+        ),
         "test",
     )
     .unwrap();
@@ -1175,7 +1205,7 @@ fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
         })
         .unwrap()
     };
-    // From outside, eTP=Local: the local endpoint, client address kept, at the XDP hook.
+    // From outside, eTP=Local: the local endpoint, client address kept, at the external hook.
     for (dst, dport) in [
         ("192.0.2.127", 80),
         ("192.0.2.1", 30080),
@@ -1185,12 +1215,13 @@ fn trace_answers_node_port_load_balancer_and_external_ip_cases() {
         assert_eq!(r.verdict, "dnat", "{dst}:{dport} {r:?}");
         assert_eq!(r.dnat.as_deref(), Some("10.244.1.11:8080"));
         assert_eq!((r.snat, r.origin), (None, Origin::External));
-        assert_eq!(r.hook, Some("xdp(external interface)"));
+        assert_eq!(r.hook, Some(hook));
         assert_eq!(r.service.as_deref(), Some("ns/web"));
     }
     // loadBalancerSourceRanges: the LB IP refuses other sources; the NodePort does not.
     let r = trace("198.51.100.7", "192.0.2.127", 80);
     assert_eq!((r.verdict, r.code), ("drop", Some("source_range")));
+    assert_eq!(r.hook, Some(hook));
     assert_eq!(trace("198.51.100.7", "192.0.2.1", 30080).verdict, "dnat");
     // No local endpoint: external traffic dropped, pods still reach the remote endpoint.
     let r = trace("203.0.113.9", "192.0.2.1", 30081);
@@ -1952,4 +1983,372 @@ fn tc_sctp_crc_left_to_offload_stays_zero() {
     assert_eq!(out.reason, Some(Reason::NatNew));
     assert_eq!(p.dport, 8080);
     assert_eq!(stored_crc(&out.frame), 0, "an owed CRC must stay zero");
+}
+
+// ---- External ingress: native XDP and the TC fallback run the same pipeline ----
+
+/// Where a scenario's packet is run: the external ingress hook under comparison
+/// (`skiff_xdp_ext` or `skiff_tc_ext_in`), or a fixed hook that carries the connection on
+/// (the backend pod's veth, the external egress).
+#[derive(Clone, Copy, Debug)]
+enum At {
+    Ext,
+    Fixed(Hook),
+}
+
+type FrameFn = Box<dyn Fn(&[RunOutcome]) -> Vec<u8>>;
+type CheckFn = Box<dyn Fn(&RunOutcome, Option<&ParsedFrame>)>;
+
+/// One packet of a scenario: built from the outcomes of the steps before it (a masqueraded
+/// reply goes to the port the egress allocated), the counter it must move, and what must
+/// hold of its output.
+struct Step {
+    at: At,
+    frame: FrameFn,
+    want: Reason,
+    check: Option<CheckFn>,
+}
+
+impl Step {
+    fn spec(at: At, s: FlowSpec, want: Reason) -> Step {
+        let frame = packet::build_frame(&s).unwrap();
+        Step::raw(at, frame, want)
+    }
+
+    fn raw(at: At, frame: Vec<u8>, want: Reason) -> Step {
+        Step {
+            at,
+            frame: Box::new(move |_| frame.clone()),
+            want,
+            check: None,
+        }
+    }
+
+    /// The output of step `n`, run on.
+    fn output_of(at: At, n: usize, want: Reason) -> Step {
+        Step::built(at, want, move |o| o[n].frame.clone())
+    }
+
+    fn built(at: At, want: Reason, f: impl Fn(&[RunOutcome]) -> Vec<u8> + 'static) -> Step {
+        Step {
+            at,
+            frame: Box::new(f),
+            want,
+            check: None,
+        }
+    }
+
+    fn check(mut self, f: impl Fn(&RunOutcome, Option<&ParsedFrame>) + 'static) -> Step {
+        self.check = Some(Box::new(f));
+        self
+    }
+}
+
+struct ExtCase {
+    name: String,
+    state: DesiredState,
+    steps: Vec<Step>,
+}
+
+/// Addresses of one family for the external scenarios.
+struct ExtNet {
+    client: &'static str,
+    router: &'static str,
+    node: &'static str,
+    vip: &'static str,
+    local: &'static str,
+    remote: &'static str,
+}
+
+const EXT_V4: ExtNet = ExtNet {
+    client: "198.51.100.7",
+    router: "192.0.2.254",
+    node: "192.0.2.1",
+    vip: "10.96.0.10",
+    local: "10.244.1.11",
+    remote: "10.244.2.12",
+};
+
+const EXT_V6: ExtNet = ExtNet {
+    client: "2001:db8:7::7",
+    router: "2001:db8::fe",
+    node: "2001:db8::1",
+    vip: "fd00:96::10",
+    local: "fd00:244:1::11",
+    remote: "fd00:244:2::12",
+};
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> FlowSpec {
+    spec(Protocol::Tcp, src, sport, dst, dport, flags)
+}
+
+/// The output must go to `addr:port`.
+fn to(addr: &'static str, port: u16) -> impl Fn(&RunOutcome, Option<&ParsedFrame>) {
+    move |_, p| {
+        let p = p.expect("a parsable output");
+        assert_eq!((p.dst, p.dport), (ip(addr), port));
+    }
+}
+
+/// The output must come from `addr:port`.
+fn from(addr: &'static str, port: u16) -> impl Fn(&RunOutcome, Option<&ParsedFrame>) {
+    move |_, p| {
+        let p = p.expect("a parsable output");
+        assert_eq!((p.src, p.sport), (ip(addr), port));
+    }
+}
+
+fn sent_back(out: &RunOutcome, _: Option<&ParsedFrame>) {
+    assert!(out.sent_back && !out.dropped, "ret {}", out.ret);
+}
+
+/// The scenarios both external ingress programs must handle alike, for one family.
+fn ext_cases(n: &ExtNet) -> Vec<ExtCase> {
+    use Reason::*;
+    let ext = At::Ext;
+    let pod = At::Fixed(Hook::TcPod);
+    let egress = At::Fixed(Hook::TcExt);
+    let family = if ip(n.client).is_ipv6() { "v6" } else { "v4" };
+    let mut cases = Vec::new();
+
+    // A ClusterIP reached from outside the node (TCP and UDP), traffic to no service, and the
+    // backend's reply leaving the node with the service as source.
+    let mut d = desired(vec![
+        (
+            frontend(n.vip, 80, Protocol::Tcp),
+            backends(&[n.local], 8080, Protocol::Tcp),
+        ),
+        (
+            frontend(n.vip, 53, Protocol::Udp),
+            backends(&[n.local], 5353, Protocol::Udp),
+        ),
+    ]);
+    d.local_endpoints.insert(ip(n.local));
+    let (client, vip, local) = (n.client, n.vip, n.local);
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&packet::SRC_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    cases.push(ExtCase {
+        name: format!("clusterip from outside {family}"),
+        state: d,
+        steps: vec![
+            Step::spec(ext, tcp(client, 40_000, vip, 80, TCP_SYN), NatNew).check(to(local, 8080)),
+            Step::spec(ext, tcp(client, 40_000, vip, 80, TCP_ACK), NatEstablished)
+                .check(to(local, 8080)),
+            Step::spec(
+                pod,
+                tcp(local, 8080, client, 40_000, TCP_SYN | TCP_ACK),
+                PassNoService,
+            ),
+            Step::output_of(egress, 2, NatReplySource).check(from(vip, 80)),
+            Step::spec(ext, spec(Protocol::Udp, client, 40_001, vip, 53, 0), NatNew)
+                .check(to(local, 5353)),
+            Step::spec(ext, tcp(client, 40_002, n.node, 22, TCP_SYN), PassNoService)
+                .check(to(n.node, 22)),
+            Step::raw(ext, arp, PassNotIp),
+        ],
+    });
+
+    // A NodePort with externalTrafficPolicy Local: from outside only the local endpoint;
+    // without a local endpoint, dropped.
+    let (np, np_empty) = (
+        frontend(n.node, 30_080, Protocol::Tcp),
+        frontend(n.node, 30_081, Protocol::Tcp),
+    );
+    let mut d = desired(vec![
+        (np, backends(&[n.local, n.remote], 8080, Protocol::Tcp)),
+        (np_empty, backends(&[n.remote], 8080, Protocol::Tcp)),
+    ]);
+    d.external.insert(
+        np,
+        skiff::desired::ExternalEntry {
+            backends: backends(&[n.local], 8080, Protocol::Tcp),
+            drop_when_empty: false,
+        },
+    );
+    d.external.insert(
+        np_empty,
+        skiff::desired::ExternalEntry {
+            backends: vec![],
+            drop_when_empty: true,
+        },
+    );
+    d.local_endpoints.insert(ip(n.local));
+    let node = n.node;
+    let mut steps: Vec<Step> = (0..8)
+        .map(|i| {
+            Step::spec(ext, tcp(client, 41_000 + i, node, 30_080, TCP_SYN), NatNew)
+                .check(to(local, 8080))
+        })
+        .collect();
+    steps.push(Step::spec(
+        pod,
+        tcp(local, 8080, client, 41_000, TCP_SYN | TCP_ACK),
+        PassNoService,
+    ));
+    steps.push(Step::output_of(egress, 8, NatReplySource).check(from(node, 30_080)));
+    steps.push(Step::spec(
+        ext,
+        tcp(client, 41_100, node, 30_081, TCP_SYN),
+        DropNoLocalEndpoints,
+    ));
+    cases.push(ExtCase {
+        name: format!("node port {family}"),
+        state: d,
+        steps,
+    });
+
+    // REJECT: a TCP reset and an ICMP port unreachable sent back out of the interface; no
+    // reset for a reset.
+    let d = desired(vec![
+        (frontend(n.vip, 80, Protocol::Tcp), vec![]),
+        (frontend(n.vip, 53, Protocol::Udp), vec![]),
+    ]);
+    cases.push(ExtCase {
+        name: format!("reject {family}"),
+        state: d,
+        steps: vec![
+            Step::spec(
+                ext,
+                tcp(client, 40_000, vip, 80, TCP_SYN),
+                RejectNoEndpoints,
+            )
+            .check(|o, p| {
+                sent_back(o, p);
+                assert_eq!(p.unwrap().tcp_flags, TCP_RST | TCP_ACK);
+            }),
+            Step::spec(
+                ext,
+                spec(Protocol::Udp, client, 40_001, vip, 53, 0),
+                RejectNoEndpoints,
+            )
+            .check(move |o, p| {
+                sent_back(o, p);
+                let p = p.unwrap();
+                assert!(p.icmp_type.is_some(), "an ICMP error: {p:?}");
+                assert_eq!(p.dst, ip(client));
+            }),
+            Step::spec(ext, tcp(client, 40_002, vip, 80, TCP_RST), DropNoEndpoints)
+                .check(|o, _| assert!(o.dropped && !o.sent_back)),
+        ],
+    });
+
+    // Masquerading (eTP=Cluster NodePort, backend on another node): the external egress
+    // allocates the port, the reply to it is translated back to the client at the ingress.
+    let (remote, router) = (n.remote, n.router);
+    cases.push(ExtCase {
+        name: format!("masquerade {family}"),
+        state: masq_state(n.node, None, n.vip, n.remote, false),
+        steps: vec![
+            Step::spec(ext, tcp(client, 40_000, node, 30_080, TCP_SYN), NatNewMasq).check(
+                move |_, p| {
+                    let p = p.unwrap();
+                    assert_eq!((p.src, p.dst, p.dport), (ip(client), ip(remote), 8080));
+                },
+            ),
+            Step::output_of(egress, 0, NatMasqSource).check(move |_, p| {
+                assert_eq!(p.unwrap().src, ip(node));
+            }),
+            Step::built(ext, NatMasqReply, move |o| {
+                let port = packet::parse_frame(&o[1].frame).unwrap().sport;
+                packet::build_frame(&tcp(remote, 8080, node, port, TCP_SYN | TCP_ACK)).unwrap()
+            })
+            .check(to(client, 40_000)),
+            Step::output_of(egress, 2, NatReplySource).check(from(node, 30_080)),
+            Step::spec(
+                ext,
+                tcp(client, 40_000, node, 30_080, TCP_ACK),
+                NatEstablished,
+            )
+            .check(to(remote, 8080)),
+            Step::output_of(egress, 4, NatMasqSource),
+        ],
+    });
+
+    // ICMP errors: "fragmentation needed" from a router near the client about a reply
+    // (service -> client) reaches the backend, with the quoted packet translated; an error
+    // about a connection nobody translated passes untouched.
+    let mut d = desired(vec![(
+        frontend(n.vip, 80, Protocol::Tcp),
+        backends(&[n.local], 8080, Protocol::Tcp),
+    )]);
+    d.local_endpoints.insert(ip(n.local));
+    let (ty, code, mtu) = if family == "v6" {
+        (2, 0, 1280)
+    } else {
+        (3, 4, 1400)
+    };
+    let quoted = packet::build_frame(&tcp(vip, 80, client, 40_000, TCP_ACK)).unwrap();
+    let pmtu = packet::build_icmp_error(ip(router), ip(vip), ty, code, mtu, &quoted).unwrap();
+    let untracked = tcp(vip, 80, client, 40_999, TCP_ACK);
+    cases.push(ExtCase {
+        name: format!("icmp error {family}"),
+        state: d,
+        steps: vec![
+            Step::spec(ext, tcp(client, 40_000, vip, 80, TCP_SYN), NatNew),
+            Step::raw(ext, pmtu, NatIcmpError).check(move |_, p| {
+                let p = p.unwrap();
+                assert_eq!((p.src, p.dst), (ip(router), ip(local)));
+                assert_eq!(quoted_flow(p), (ip(local), 8080, ip(client), 40_000));
+            }),
+            Step::raw(ext, icmp_error(router, vip, &untracked), PassOtherProto),
+        ],
+    });
+    cases
+}
+
+/// Run a scenario through `ext` as the external ingress hook, from fresh maps; every step's
+/// counter and checks must hold.
+fn run_ext_case(case: &ExtCase, ext: Hook) -> Vec<RunOutcome> {
+    let (mut dp, _w) = loaded(&case.state);
+    let mut outs: Vec<RunOutcome> = Vec::new();
+    for (i, s) in case.steps.iter().enumerate() {
+        let hook = match s.at {
+            At::Ext => ext,
+            At::Fixed(h) => h,
+        };
+        let frame = (s.frame)(&outs);
+        let out = testrun::run(&mut dp, hook, &frame).unwrap();
+        let what = format!("{}: step {i} at {hook:?}", case.name);
+        assert_eq!(out.reason, Some(s.want), "{what}");
+        let parsed = packet::parse_frame(&out.frame).ok();
+        if let Some(p) = &parsed {
+            assert!(p.checksums_ok(), "{what}: checksums broken: {p:?}");
+        }
+        if let Some(check) = &s.check {
+            check(&out, parsed.as_ref());
+        }
+        // A verdict that lets the packet on leaves it where it was going (no redirect).
+        if !out.sent_back && !out.dropped && matches!(s.at, At::Ext) {
+            let want = if hook == Hook::XdpExt { 2 } else { u32::MAX };
+            assert_eq!(out.ret, want, "{what}: XDP_PASS / TC_ACT_UNSPEC");
+        }
+        outs.push(out);
+    }
+    outs
+}
+
+/// `skiff_tc_ext_in` is a drop-in for `skiff_xdp_ext`: over the same scenarios it moves the
+/// same counters, gives the same verdicts and writes the same bytes (the fixed hooks'
+/// outputs may differ only by the random masquerade port).
+#[test]
+fn tc_external_ingress_matches_xdp() {
+    for n in [EXT_V4, EXT_V6] {
+        for case in ext_cases(&n) {
+            let xdp = run_ext_case(&case, Hook::XdpExt);
+            let tc = run_ext_case(&case, Hook::TcExtIn);
+            for (i, ((s, x), t)) in case.steps.iter().zip(&xdp).zip(&tc).enumerate() {
+                let what = format!("{}: step {i} ({:?})", case.name, s.at);
+                assert_eq!(
+                    (x.reason, x.dropped, x.sent_back),
+                    (t.reason, t.dropped, t.sent_back),
+                    "{what}: XDP and TC disagree on the verdict"
+                );
+                if matches!(s.at, At::Ext) {
+                    assert_eq!(x.frame, t.frame, "{what}: XDP and TC wrote different bytes");
+                }
+            }
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! skiff eBPF programs. One entry file per attach point (`tc_pod`, `tc_to_pod`, `xdp_ext`,
-//! `tc_ext`, `cgroup_sock`); the packet pipeline is shared through the `ctx::Packet`
+//! `tc_ext_in`, `tc_ext`, `cgroup_sock`); the packet pipeline is shared through the `ctx::Packet`
 //! abstraction so TC and XDP run the same code.
 #![no_std]
 #![no_main]
@@ -29,6 +29,7 @@ mod service;
 mod snat;
 mod stats;
 mod tc_ext;
+mod tc_ext_in;
 mod tc_pod;
 mod tc_to_pod;
 mod xdp_ext;

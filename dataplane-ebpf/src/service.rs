@@ -16,9 +16,10 @@ use crate::{
     reject, snat,
 };
 
-/// The pipeline for packets from outside the node (XDP on an external interface):
-/// external-scope frontends first. (The from-pod hook parses itself and calls `translate`.)
-// A subprogram, so that the XDP program's own frame stays small.
+/// The pipeline for packets from outside the node (XDP or TC ingress on an external
+/// interface): external-scope frontends first. (The from-pod hook parses itself and calls
+/// `translate`.)
+// A subprogram, so that the entry program's own frame stays small.
 #[inline(never)]
 pub fn handle_external<C: Packet>(ctx: &C) -> Reason {
     let flow = match parse::parse(ctx) {

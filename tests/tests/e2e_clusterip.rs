@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use skiff::bpf::netlink::XdpAttached;
+use skiff::status::Hook;
 use skiff_testbed::{
     require_root, serial, skiff_bin, tcp_connect_once, tcp_echo_server, tcp_round, tcp_server,
     udp_round, udp_server, LongLivedClient, Pod, PrivateBpffs, Process, Server, TestBed,
@@ -101,6 +103,50 @@ fn service(
     y
 }
 
+/// Whether a node has a client outside the cluster, and which hook takes its traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum External {
+    None,
+    /// `externalInterfaces: [skx0]` with the default `externalIngress` (auto).
+    Auto,
+    /// Auto, on an MTU (9,000) that native veth XDP refuses: auto's fallback to TC ingress.
+    AutoJumbo,
+    /// `externalIngress: tc` too.
+    Tc,
+    /// `externalIngress: xdp` on the 9,000-byte MTU: refused, so no ingress program at all.
+    XdpJumbo,
+}
+
+impl External {
+    /// The hook, mode, kernel XDP state and link pin skx0's ingress must have (`None`: no
+    /// ingress program).
+    fn expected(self) -> (Option<(Hook, &'static str, &'static str)>, XdpAttached) {
+        match self {
+            External::AutoJumbo | External::Tc => (
+                Some((Hook::TcExtIngress, "tcx", "tc-ext-ingress")),
+                XdpAttached::None,
+            ),
+            External::XdpJumbo | External::None => (None, XdpAttached::None),
+            External::Auto => (Some((Hook::Xdp, "native", "xdp")), XdpAttached::Driver),
+        }
+    }
+}
+
+/// The agent's node config.
+fn node_config(external: External) -> String {
+    format!(
+        "nodeName: e2e-node\nnodeIPs: [192.0.2.1, \"2001:db8::1\"]\n\
+         clusterCIDRs: [10.244.0.0/16, \"fd00:244::/32\"]\n\
+         serviceCIDRs: [10.96.0.0/16, \"fd00:96::/108\"]\npodInterfaces: [\"skd*\"]\n{}",
+        match external {
+            External::None => "",
+            External::Auto | External::AutoJumbo => "externalInterfaces: [skx0]\n",
+            External::Tc => "externalInterfaces: [skx0]\nexternalIngress: tc\n",
+            External::XdpJumbo => "externalInterfaces: [skx0]\nexternalIngress: xdp\n",
+        }
+    )
+}
+
 /// A node namespace running the agent, with a client pod and backend pods.
 struct Node {
     bed: TestBed,
@@ -112,7 +158,7 @@ struct Node {
     backends: Vec<Pod>,
     _servers: Vec<Server>,
     // Pins are cleaned and the bpffs unmounted after the agent is gone, then the files go.
-    _bpffs: PrivateBpffs,
+    bpffs: PrivateBpffs,
     scratch: TempDir,
 }
 
@@ -120,14 +166,14 @@ impl Node {
     /// `n` backends (`be0`, `be1`, ...) serving TCP 8080 (replying their name), UDP 5353 and
     /// a TCP line echo on 9090, on IPv4 and IPv6.
     fn start(n: usize, initial: impl Fn(&[&Pod]) -> Vec<(String, String)>) -> Result<Node> {
-        Node::start_opts(n, false, initial)
+        Node::start_opts(n, External::None, initial)
     }
 
     /// With `external`, also a client outside the cluster (`ext`, 198.51.100.7 and
-    /// 2001:db8:7::7) whose node-side interface `skx0` is an XDP `externalInterfaces` entry.
+    /// 2001:db8:7::7) whose node-side interface `skx0` is an `externalInterfaces` entry.
     fn start_opts(
         n: usize,
-        external: bool,
+        external: External,
         initial: impl Fn(&[&Pod]) -> Vec<(String, String)>,
     ) -> Result<Node> {
         let mut bed = TestBed::new()?;
@@ -162,29 +208,22 @@ impl Node {
             std::fs::write(manifests.join(file), yaml)?;
         }
         let config = scratch.0.join("node.yaml");
+        std::fs::create_dir(scratch.0.join("state"))?;
         let bpffs = PrivateBpffs::mount(scratch.0.join("bpffs"), skiff_bin())?;
         let pin_dir = bpffs.pin_dir();
-        if external {
-            bed.add_pod(
+        if external != External::None {
+            let ext = bed.add_pod(
                 "ext",
                 "skx0",
                 Some("198.51.100.7".parse()?),
                 Some("2001:db8:7::7".parse()?),
             )?;
+            if matches!(external, External::AutoJumbo | External::XdpJumbo) {
+                skiff_testbed::ip(Some(bed.node()), &["link", "set", "skx0", "mtu", "9000"])?;
+                skiff_testbed::ip(Some(ext.ns()), &["link", "set", "eth0", "mtu", "9000"])?;
+            }
         }
-        std::fs::write(
-            &config,
-            format!(
-                "nodeName: e2e-node\nnodeIPs: [192.0.2.1, \"2001:db8::1\"]\n\
-             clusterCIDRs: [10.244.0.0/16, \"fd00:244::/32\"]\n\
-             serviceCIDRs: [10.96.0.0/16, \"fd00:96::/108\"]\npodInterfaces: [\"skd*\"]\n{}",
-                if external {
-                    "externalInterfaces: [skx0]\n"
-                } else {
-                    ""
-                }
-            ),
-        )?;
+        std::fs::write(&config, node_config(external))?;
         let agent_args: Vec<std::ffi::OsString> = vec![
             skiff_bin().into(),
             "run".into(),
@@ -196,6 +235,9 @@ impl Node {
             "100".into(),
             "--bpffs".into(),
             pin_dir.into(),
+            // status.json of this agent only (the default is the machine's /run/skiff).
+            "--state-dir".into(),
+            scratch.0.join("state").into(),
         ];
         let agent = bed.spawn(bed.node(), agent_args[0].clone(), &agent_args[1..])?;
         Ok(Node {
@@ -207,7 +249,7 @@ impl Node {
             client,
             backends,
             _servers: servers,
-            _bpffs: bpffs,
+            bpffs,
         })
     }
 
@@ -225,6 +267,66 @@ impl Node {
 
     fn dir(&self) -> &Path {
         &self.manifests
+    }
+
+    /// What the running agent reports attached (its status.json), once it reports `iface`.
+    fn attached(&self, iface: &str) -> Result<Vec<skiff::status::Attached>> {
+        let path = skiff::status::status_path(&self.scratch.0.join("state"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(s) = skiff::status::AgentStatus::read(&path) {
+                if s.pid == self.agent.pid() && s.attached.iter().any(|a| a.iface == iface) {
+                    return Ok(s.attached);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{} does not report {iface} within 10 s", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `skx0` takes traffic from outside with the hook `external` selects, and only with it:
+    /// as the agent reports it, as the kernel runs it, and as the links are pinned.
+    fn assert_external_hook(&self, external: External) -> Result<()> {
+        let (want, xdp) = external.expected();
+        // skx0 is reported as soon as its egress program is attached, ingress or not.
+        let ingress: Vec<(Hook, String)> = self
+            .attached("skx0")?
+            .into_iter()
+            .filter(|a| a.iface == "skx0" && a.hook != Hook::TcExtEgress)
+            .map(|a| (a.hook, a.mode))
+            .collect();
+        let want_reported: Vec<(Hook, String)> = want
+            .iter()
+            .map(|(hook, mode, _)| (*hook, mode.to_string()))
+            .collect();
+        assert_eq!(ingress, want_reported, "{external:?}");
+        let running = skiff_testbed::in_netns(self.bed.node(), || {
+            // This thread's /sys is still the test's namespace's: ask the kernel by name.
+            // SAFETY: a NUL-terminated name.
+            let idx = unsafe { libc::if_nametoindex(c"skx0".as_ptr()) };
+            anyhow::ensure!(idx != 0, "no skx0 in the node namespace");
+            Ok(skiff::bpf::netlink::xdp_attached(idx)?)
+        })?;
+        assert_eq!(running, xdp, "XDP on skx0 with {external:?}");
+        let mut pins: Vec<String> = std::fs::read_dir(self.bpffs.pin_dir().join("links"))?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        pins.retain(|p| p.ends_with(":skx0") && !p.starts_with("tc-ext-egress:"));
+        let pinned: Vec<&str> = pins.iter().filter_map(|p| p.split(':').next()).collect();
+        let want_pinned: Vec<&str> = want.iter().map(|(_, _, pin)| *pin).collect();
+        assert_eq!(
+            pinned, want_pinned,
+            "ingress links pinned on skx0: {pins:?}"
+        );
+        Ok(())
+    }
+
+    /// Restart the agent with `external` in its config.
+    fn restart_with(&mut self, external: External) -> Result<()> {
+        std::fs::write(self.scratch.0.join("node.yaml"), node_config(external))?;
+        self.crash_and_restart_agent()
     }
 
     /// Wait until one connection to `addr:port` succeeds (the agent has synced and attached).
@@ -823,6 +925,43 @@ fn enable_xdp_tx(ns: &str) -> Result<skiff::bpf::Datapath> {
 
 #[test]
 fn node_port_from_outside_keeps_the_client_ip_and_rejects_without_endpoints() -> Result<()> {
+    // auto: native XDP, which veth drivers take.
+    node_port_from_outside(External::Auto)
+}
+
+/// The same through the TC ingress program, chosen with `externalIngress: tc`.
+#[test]
+fn node_port_from_outside_through_tc_ingress() -> Result<()> {
+    node_port_from_outside(External::Tc)
+}
+
+/// The same where the driver refuses native XDP (a veth with a 9,000-byte MTU): auto falls
+/// back to TC ingress, never to generic XDP.
+#[test]
+fn node_port_from_outside_falls_back_to_tc_without_native_xdp() -> Result<()> {
+    node_port_from_outside(External::AutoJumbo)
+}
+
+/// `externalIngress: xdp` where the driver refuses native XDP: no ingress program at all (an
+/// error), neither TC nor generic XDP.
+#[test]
+fn external_ingress_xdp_only_attaches_nothing_else_when_refused() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let node = Node::start_opts(1, External::XdpJumbo, |b| {
+        vec![(
+            "web.yaml".into(),
+            service("web", VIP, None, 80, "TCP", 8080, b),
+        )]
+    })?;
+    node.wait_ready(ip(VIP), 80)?;
+    node.assert_external_hook(External::XdpJumbo)
+}
+
+/// A NodePort from outside (eTP=Local) keeps the client's address, a NodePort without
+/// endpoints is refused at once, and the agent reports, and the kernel runs, the hook
+/// `external` asks for on the external interface.
+fn node_port_from_outside(external: External) -> Result<()> {
     require_root();
     let _serial = serial();
     let np = |name: &str, node_port: u16, b: &[&Pod]| {
@@ -859,7 +998,7 @@ fn node_port_from_outside_keeps_the_client_ip_and_rejects_without_endpoints() ->
             n = node_port - 30000,
         )
     };
-    let node = Node::start_opts(1, true, |b| {
+    let mut node = Node::start_opts(1, external, |b| {
         vec![
             (
                 "web.yaml".into(),
@@ -871,17 +1010,46 @@ fn node_port_from_outside_keeps_the_client_ip_and_rejects_without_endpoints() ->
     })?;
     node.wait_ready(ip(VIP), 80)?;
     let ext = node.bed.pod("ext").unwrap().ns().to_string();
-    let _client_xdp = enable_xdp_tx(&ext)?;
-    let server = peer_address_server(node.backends[0].ns(), 4, Duration::from_secs(30))?;
+    node.assert_external_hook(external)?;
+    // XDP_TX on a veth reaches the peer only when the peer runs native XDP (see
+    // `enable_xdp_tx`); TC's redirect needs nothing.
+    let _client_xdp = match external.expected().1 {
+        XdpAttached::Driver => Some(enable_xdp_tx(&ext)?),
+        _ => None,
+    };
+    let server = peer_address_server(node.backends[0].ns(), 16, Duration::from_secs(60))?;
+    node_port_keeps_the_client_ip(&ext)?;
+    // A NodePort without endpoints: refused at once by the external hook (a TCP RST sent
+    // back with XDP_TX, or TC's redirect to the same interface).
+    for to in ["192.0.2.1:30081", "[2001:db8::1]:30081"] {
+        let (kind, took) = attempt(&ext, "tcp", to.parse()?)?;
+        assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "{to}");
+        assert!(took < Duration::from_secs(1), "{to} refused after {took:?}");
+    }
+    if external == External::Tc {
+        // A mode switch across a restart replaces the hook, never leaving both attached.
+        for next in [External::Auto, External::Tc] {
+            node.restart_with(next)?;
+            node.assert_external_hook(next)?;
+            node_port_keeps_the_client_ip(&ext)?;
+        }
+    }
+    drop(server);
+    Ok(())
+}
+
+/// Connections from `ext` to the NodePort 30080 (IPv4 and IPv6) reach the backend with the
+/// client's own address (eTP=Local).
+fn node_port_keeps_the_client_ip(ext: &str) -> Result<()> {
     for (to, client) in [
         ("192.0.2.1:30080", "198.51.100.7"),
         ("[2001:db8::1]:30080", "2001:db8:7::7"),
     ] {
-        // The agent attaches XDP within a second of starting; retry until it answers.
+        // The agent attaches within a second of starting; retry until it answers.
         let deadline = Instant::now() + Duration::from_secs(10);
         let seen = loop {
             match tcp_connect_once(
-                &ext,
+                ext,
                 to.parse::<std::net::SocketAddr>()?.ip(),
                 30080,
                 TIMEOUT,
@@ -896,13 +1064,6 @@ fn node_port_from_outside_keeps_the_client_ip_and_rejects_without_endpoints() ->
             "the backend sees the client's own address (eTP=Local)"
         );
     }
-    // A NodePort without endpoints: refused at once by the XDP hook (TCP RST via XDP_TX).
-    for to in ["192.0.2.1:30081", "[2001:db8::1]:30081"] {
-        let (kind, took) = attempt(&ext, "tcp", to.parse()?)?;
-        assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "{to}");
-        assert!(took < Duration::from_secs(1), "{to} refused after {took:?}");
-    }
-    drop(server);
     Ok(())
 }
 

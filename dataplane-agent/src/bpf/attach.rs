@@ -1,6 +1,7 @@
 //! Attaching the programs to interfaces: on pods' host-side veths TC ingress (TCX, packets
 //! the pod sends: services and egress policy) and TC egress (packets going into the pod:
-//! ingress policy), XDP on external interfaces. With a pin directory every link is pinned, and a restarted agent
+//! ingress policy); on external interfaces native XDP or TC ingress (`externalIngress`) and
+//! TC egress. With a pin directory every link is pinned, and a restarted agent
 //! adopts the pinned link and swaps its program atomically (`bpf_link_update`), so packets
 //! are never without a program. The agent rescans interfaces so that new pods are picked up.
 
@@ -16,13 +17,18 @@ use aya::programs::{
 use thiserror::Error;
 use tracing::{info, warn};
 
+use super::netlink::{self, XdpAttached};
 use super::pins::{PinDir, PinError};
 use super::Datapath;
+use crate::config::ExternalIngress;
 
 /// Link pin names (`pins::PinDir::link_path`) and `status::Hook` names.
 pub const HOOK_TC: &str = "tc-ingress";
 pub const HOOK_TC_EGRESS: &str = "tc-egress";
 pub const HOOK_XDP: &str = "xdp";
+/// TC ingress on external interfaces (`skiff_tc_ext_in`: XDP's pipeline where XDP is not
+/// native or not wanted).
+pub const HOOK_TC_EXT_IN: &str = "tc-ext-ingress";
 /// TC egress on external interfaces (the source half of masquerading); distinct from the
 /// pod veths' `tc-egress`.
 pub const HOOK_TC_EXT: &str = "tc-ext-egress";
@@ -36,6 +42,8 @@ enum TcHook {
     ToPod,
     /// `skiff_tc_ext` at an external interface's TC egress.
     External,
+    /// `skiff_tc_ext_in` at an external interface's TC ingress.
+    ExternalIn,
 }
 
 impl TcHook {
@@ -47,6 +55,7 @@ impl TcHook {
             TcHook::FromPod => HOOK_TC,
             TcHook::ToPod => HOOK_TC_EGRESS,
             TcHook::External => HOOK_TC_EXT,
+            TcHook::ExternalIn => HOOK_TC_EXT_IN,
         }
     }
 
@@ -55,12 +64,13 @@ impl TcHook {
             TcHook::FromPod => super::object::PROG_TC_POD,
             TcHook::ToPod => super::object::PROG_TC_TO_POD,
             TcHook::External => super::object::PROG_TC_EXT,
+            TcHook::ExternalIn => super::object::PROG_TC_EXT_IN,
         }
     }
 
     fn attach_type(self) -> TcAttachType {
         match self {
-            TcHook::FromPod => TcAttachType::Ingress,
+            TcHook::FromPod | TcHook::ExternalIn => TcAttachType::Ingress,
             TcHook::ToPod | TcHook::External => TcAttachType::Egress,
         }
     }
@@ -76,6 +86,8 @@ pub enum AttachError {
     },
     #[error("listing interfaces: {0}")]
     List(std::io::Error),
+    #[error("{iface}: the driver refused native XDP: {}", with_causes(.error))]
+    NativeXdpRefused { iface: String, error: ProgramError },
     #[error("{iface}: link: {error}")]
     Link { iface: String, error: LinkError },
     #[error("{iface}: pinning the link at {}: {error}", path.display())]
@@ -133,7 +145,17 @@ pub struct Attachments {
     tc: BTreeMap<String, Held>,
     tc_egress: BTreeMap<String, Held>,
     xdp: BTreeMap<String, Held>,
+    ext_in: BTreeMap<String, Held>,
     ext_tc: BTreeMap<String, Held>,
+}
+
+/// The hook that takes packets from outside on an external interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExternalHook {
+    /// `skiff_xdp_ext`, native (driver) mode.
+    Xdp,
+    /// `skiff_tc_ext_in` at TC ingress (TCX).
+    Tc,
 }
 
 impl Attachments {
@@ -143,6 +165,7 @@ impl Attachments {
             tc: BTreeMap::new(),
             tc_egress: BTreeMap::new(),
             xdp: BTreeMap::new(),
+            ext_in: BTreeMap::new(),
             ext_tc: BTreeMap::new(),
         }
     }
@@ -193,6 +216,7 @@ impl Attachments {
             TcHook::FromPod => &mut self.tc,
             TcHook::ToPod => &mut self.tc_egress,
             TcHook::External => &mut self.ext_tc,
+            TcHook::ExternalIn => &mut self.ext_in,
         }
     }
 
@@ -212,6 +236,7 @@ impl Attachments {
             TcHook::FromPod => dp.tc_pod(),
             TcHook::ToPod => dp.tc_to_pod(),
             TcHook::External => dp.tc_ext(),
+            TcHook::ExternalIn => dp.tc_ext_in(),
         };
         let attach_err = attach_error(hook.program(), name);
         let link_err = link_error(name);
@@ -240,14 +265,16 @@ impl Attachments {
         })
     }
 
-    /// Attach XDP to an external interface (native (driver) mode when the driver supports
-    /// it, otherwise generic mode, and say which), and the masquerade program at its TC
-    /// egress.
+    /// Attach the external ingress program to `name` as `want` says (native XDP, else TC
+    /// ingress for `auto`), and the masquerade program at its TC egress. Returns the hook
+    /// and mode in use. A pinned link of the hook not chosen (another mode before a restart)
+    /// is removed once the chosen one is attached, so the two never both stay.
     pub fn attach_external(
         &mut self,
         dp: &mut Datapath,
         name: &str,
-    ) -> Result<&'static str, AttachError> {
+        want: ExternalIngress,
+    ) -> Result<(ExternalHook, &'static str), AttachError> {
         let idx = ifindex(name).ok_or_else(|| {
             AttachError::List(std::io::Error::other(format!("no interface {name}")))
         })?;
@@ -256,46 +283,120 @@ impl Attachments {
             self.ext_tc.insert(name.to_string(), held);
         }
         if let Some(h) = self.xdp.get(name) {
-            return Ok(h.mode);
+            return Ok((ExternalHook::Xdp, h.mode));
         }
+        if let Some(h) = self.ext_in.get(name) {
+            return Ok((ExternalHook::Tc, h.mode));
+        }
+        let xdp_pin = self.pins.as_ref().map(|p| p.link_path(HOOK_XDP, idx, name));
+        let xdp_pinned = xdp_pin.as_ref().is_some_and(|p| p.exists());
+        // A pinned XDP link runs in the mode it was attached in (an older agent fell back to
+        // generic XDP): adopt only a native one.
+        let pinned_native = xdp_pinned
+            && match netlink::xdp_attached(idx) {
+                Ok(XdpAttached::Driver | XdpAttached::Hardware) => true,
+                Ok(mode) => {
+                    info!(iface = %name, ?mode, "the pinned XDP link is not native: replacing it");
+                    false
+                }
+                Err(e) => {
+                    warn!(iface = %name, error = %e, "cannot tell the pinned XDP link's mode: replacing it");
+                    false
+                }
+            };
+        let xdp = match want {
+            ExternalIngress::Tc => None,
+            ExternalIngress::Xdp => {
+                if xdp_pinned && !pinned_native {
+                    // Native XDP cannot be attached while a generic program is.
+                    self.remove_pin(HOOK_XDP, idx, name);
+                }
+                Some(self.attach_xdp(dp, name, idx)?)
+            }
+            ExternalIngress::Auto if pinned_native => Some(self.attach_xdp(dp, name, idx)?),
+            // A generic link: the driver refused native XDP to the agent that made it. TC
+            // ingress takes over before it goes (below); the next start tries native again.
+            ExternalIngress::Auto if xdp_pinned => None,
+            ExternalIngress::Auto => match self.attach_xdp(dp, name, idx) {
+                Ok(held) => Some(held),
+                Err(e) => {
+                    warn!(iface = %name, error = %e, "native XDP refused: using TC ingress instead");
+                    None
+                }
+            },
+        };
+        let (hook, mode) = match xdp {
+            Some(held) => {
+                let mode = held.mode;
+                self.xdp.insert(name.to_string(), held);
+                self.remove_pin(HOOK_TC_EXT_IN, idx, name);
+                (ExternalHook::Xdp, mode)
+            }
+            None => {
+                let held = self.attach_tc(dp, TcHook::ExternalIn, name, idx)?;
+                let mode = held.mode;
+                self.ext_in.insert(name.to_string(), held);
+                self.remove_pin(HOOK_XDP, idx, name);
+                (ExternalHook::Tc, mode)
+            }
+        };
+        info!(iface = %name, hook = ?hook, mode, "external ingress program attached");
+        Ok((hook, mode))
+    }
+
+    /// Native XDP on `name`, adopting its pinned link (which the caller found native).
+    fn attach_xdp(&mut self, dp: &mut Datapath, name: &str, idx: u32) -> Result<Held, AttachError> {
         let pin = self.pins.as_ref().map(|p| p.link_path(HOOK_XDP, idx, name));
         let prog = dp.xdp_ext();
         let attach_err = attach_error(super::object::PROG_XDP_EXT, name);
         let link_err = link_error(name);
-        let (link, mode) = if let Some(fd) = adopt(pin.as_ref(), name) {
+        let link = if let Some(fd) = adopt(pin.as_ref(), name) {
             let link = XdpLink::try_from(fd).map_err(link_err)?;
             let id = prog.attach_to_link(link).map_err(attach_err)?;
             info!(iface = %name, "adopted pinned xdp link: program replaced atomically");
-            (
-                FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?,
-                "adopted",
-            )
+            FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?
         } else {
-            let (id, mode) = match prog.attach(name, XdpMode::Driver) {
-                Ok(id) => (id, "native"),
-                Err(e) => {
-                    warn!(iface = %name, error = %e, "native XDP refused; using generic (skb) mode");
-                    (
-                        prog.attach(name, XdpMode::Skb).map_err(attach_err)?,
-                        "generic",
-                    )
+            let id = prog.attach(name, XdpMode::Driver).map_err(|error| {
+                AttachError::NativeXdpRefused {
+                    iface: name.to_string(),
+                    error,
                 }
-            };
+            })?;
             let link =
                 FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?;
-            (pin_link(link, pin.as_ref(), name)?, mode)
+            pin_link(link, pin.as_ref(), name)?
         };
-        info!(iface = %name, mode, "xdp program attached");
-        self.xdp.insert(
-            name.to_string(),
-            Held {
-                ifindex: idx,
-                _link: link,
-                pin,
-                mode,
-            },
-        );
-        Ok(mode)
+        Ok(Held {
+            ifindex: idx,
+            _link: link,
+            pin,
+            mode: "native",
+        })
+    }
+
+    /// Detach a link this agent does not hold by removing its pin (the pin is its last
+    /// reference once the agent that made it is gone).
+    fn remove_pin(&self, hook: &str, idx: u32, name: &str) {
+        let Some(path) = self.pins.as_ref().map(|p| p.link_path(hook, idx, name)) else {
+            return;
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                info!(iface = %name, pin = %path.display(), "removed the link of the external hook not in use")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(pin = %path.display(), error = %e, "removing link pin"),
+        }
+    }
+
+    /// Remove the external hooks' pins that no held link owns: interfaces no longer in
+    /// `externalInterfaces`, or gone while no agent ran. Call after attaching every external
+    /// interface.
+    pub fn drop_stale_external_pins(&self) -> Result<(), AttachError> {
+        for hook in [HOOK_XDP, HOOK_TC_EXT_IN, HOOK_TC_EXT] {
+            self.drop_stale_pins(hook)?;
+        }
+        Ok(())
     }
 
     /// Remove pins of this hook that no held link owns (interfaces gone while no agent ran).
@@ -307,6 +408,7 @@ impl Attachments {
             HOOK_TC => &self.tc,
             HOOK_TC_EGRESS => &self.tc_egress,
             HOOK_TC_EXT => &self.ext_tc,
+            HOOK_TC_EXT_IN => &self.ext_in,
             _ => &self.xdp,
         };
         for p in pins.links()?.into_iter().filter(|p| p.hook == hook) {
@@ -335,8 +437,17 @@ impl Attachments {
         self.tc_egress.keys().map(String::as_str)
     }
 
-    pub fn external_interfaces(&self) -> impl Iterator<Item = (&str, &'static str)> {
-        self.xdp.iter().map(|(n, h)| (n.as_str(), h.mode))
+    /// External interfaces with their ingress hook and its mode.
+    pub fn external_interfaces(&self) -> impl Iterator<Item = (&str, ExternalHook, &'static str)> {
+        let xdp = self
+            .xdp
+            .iter()
+            .map(|(n, h)| (n.as_str(), ExternalHook::Xdp, h.mode));
+        let tc = self
+            .ext_in
+            .iter()
+            .map(|(n, h)| (n.as_str(), ExternalHook::Tc, h.mode));
+        xdp.chain(tc)
     }
 
     /// Detach everything and remove the link pins (for `skiff run --detach-on-exit`).
@@ -345,11 +456,24 @@ impl Attachments {
             .into_iter()
             .chain(std::mem::take(&mut self.tc_egress))
             .chain(std::mem::take(&mut self.xdp))
+            .chain(std::mem::take(&mut self.ext_in))
             .chain(std::mem::take(&mut self.ext_tc))
         {
             h.release();
         }
     }
+}
+
+/// An error and its causes on one line (the kernel's errno is in the cause of aya's errors).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 fn attach_error<'a>(

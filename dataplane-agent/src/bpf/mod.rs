@@ -6,6 +6,7 @@ pub mod attach;
 pub mod events;
 pub mod maglev_tables;
 pub mod maps;
+pub mod netlink;
 pub mod object;
 pub mod pins;
 pub mod policy_writer;

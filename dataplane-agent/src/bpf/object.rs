@@ -46,9 +46,18 @@ pub const PROG_TC_POD: &str = "skiff_tc_pod";
 pub const PROG_TC_TO_POD: &str = "skiff_tc_to_pod";
 /// XDP on the node's external interfaces.
 pub const PROG_XDP_EXT: &str = "skiff_xdp_ext";
+/// TC ingress on the node's external interfaces: `skiff_xdp_ext`'s pipeline where native
+/// XDP is not available or not wanted (`externalAcceleration`).
+pub const PROG_TC_EXT_IN: &str = "skiff_tc_ext_in";
 /// TC egress on the node's external interfaces (the source half of masquerading).
 pub const PROG_TC_EXT: &str = "skiff_tc_ext";
-pub const PROGRAMS: [&str; 4] = [PROG_TC_POD, PROG_TC_TO_POD, PROG_XDP_EXT, PROG_TC_EXT];
+pub const PROGRAMS: [&str; 5] = [
+    PROG_TC_POD,
+    PROG_TC_TO_POD,
+    PROG_XDP_EXT,
+    PROG_TC_EXT_IN,
+    PROG_TC_EXT,
+];
 
 /// Every program of the object: the packet programs and the socket-level ones.
 pub fn all_programs() -> impl Iterator<Item = &'static str> {
@@ -133,6 +142,13 @@ impl Datapath {
 
     pub fn tc_ext(&mut self) -> &mut SchedClassifier {
         match self.ebpf.program_mut(PROG_TC_EXT) {
+            Some(aya::programs::Program::SchedClassifier(p)) => p,
+            _ => unreachable!("checked at load"),
+        }
+    }
+
+    pub fn tc_ext_in(&mut self) -> &mut SchedClassifier {
+        match self.ebpf.program_mut(PROG_TC_EXT_IN) {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("checked at load"),
         }

@@ -18,6 +18,9 @@ pub enum Hook {
     TcToPod,
     /// XDP on an external interface (packets from outside the node).
     XdpExt,
+    /// TC ingress on an external interface: the same pipeline as `XdpExt`, where the node
+    /// runs it there instead (`externalAcceleration`).
+    TcExtIn,
     /// TC egress on an external interface (packets leaving the node).
     TcExt,
 }
@@ -28,6 +31,7 @@ impl Hook {
             Hook::TcPod => "tc-ingress(pod veth)",
             Hook::TcToPod => "tc-egress(pod veth)",
             Hook::XdpExt => "xdp(external interface)",
+            Hook::TcExtIn => "tc-ingress(external interface)",
             Hook::TcExt => "tc-egress(external interface)",
         }
     }
@@ -80,6 +84,7 @@ fn run_raw(
         Hook::TcPod => dp.tc_pod().test_run(opts),
         Hook::TcToPod => dp.tc_to_pod().test_run(opts),
         Hook::XdpExt => dp.xdp_ext().test_run(opts),
+        Hook::TcExtIn => dp.tc_ext_in().test_run(opts),
         Hook::TcExt => dp.tc_ext().test_run(opts),
     }
 }
@@ -96,13 +101,15 @@ pub fn run(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> Result<RunOutcome, Ru
         .find(|(r, n)| before.get(r).copied().unwrap_or(0) < **n)
         .map(|(r, _)| *r);
     let dropped = match hook {
-        Hook::TcPod | Hook::TcToPod | Hook::TcExt => res.return_value == TC_ACT_SHOT,
+        Hook::TcPod | Hook::TcToPod | Hook::TcExtIn | Hook::TcExt => {
+            res.return_value == TC_ACT_SHOT
+        }
         Hook::XdpExt => res.return_value == XDP_DROP,
     };
     // BPF_PROG_TEST_RUN does not perform redirects: the verdict is the return value, and
-    // the only redirect skiff's TC program issues is the reject reply to its own device.
+    // the only redirect skiff's TC programs issue is the reject reply to their own device.
     let sent_back = match hook {
-        Hook::TcPod => res.return_value == TC_ACT_REDIRECT,
+        Hook::TcPod | Hook::TcExtIn => res.return_value == TC_ACT_REDIRECT,
         // The to-pod program never answers a packet itself.
         Hook::TcToPod => false,
         Hook::TcExt => false,
