@@ -107,6 +107,9 @@ struct Measured {
     backends_seen: usize,
     bulk_gbit_per_s: f64,
     bulk_bytes: u64,
+    /// SYNs the client retransmitted during the timed connections (`TcpExtTCPSynRetrans`):
+    /// each one is a connection that waited for a retransmission timer.
+    syn_retransmits: u64,
 }
 
 /// The services of one scale: `n - 1` unused ones, then the measured one (two ports).
@@ -278,8 +281,8 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
     for (variant, m, note) in &results {
         let base = format!("{variant}_{n}_services");
         let detail = format!(
-            "{note}; {} connections ({} failed), {} backends answered",
-            m.connections, m.failures, m.backends_seen
+            "{note}; {} connections ({} failed, {} SYN retransmissions), {} backends answered",
+            m.connections, m.failures, m.syn_retransmits, m.backends_seen
         );
         figures.push(fig(
             format!("{base}_connections_per_s"),
@@ -397,10 +400,11 @@ fn measure(
         .map(|a| SocketAddr::new(*a, req_port))
         .collect();
     let to = targets[0];
-    let (lat, failures, backends, total) = in_netns(ns, || {
+    let (lat, failures, backends, total, syn_retransmits) = in_netns(ns, || {
         for i in 0..b.warmup {
             let _ = exchange(targets[i % targets.len()]);
         }
+        let retrans0 = syn_retransmits()?;
         let mut lat = Vec::with_capacity(b.connections);
         let mut failures = 0;
         let mut backends = std::collections::BTreeSet::new();
@@ -422,7 +426,9 @@ fn measure(
                 );
             }
         }
-        Ok((lat, failures, backends.len(), start.elapsed()))
+        let total = start.elapsed();
+        let retrans = syn_retransmits()?.saturating_sub(retrans0);
+        Ok((lat, failures, backends.len(), total, retrans))
     })?;
     if lat.is_empty() {
         bail!("{to}: no connection succeeded");
@@ -445,7 +451,27 @@ fn measure(
         backends_seen: backends,
         bulk_gbit_per_s: bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,
         bulk_bytes: bytes,
+        syn_retransmits,
     })
+}
+
+/// The calling thread's network namespace's `TcpExtTCPSynRetrans` (inside `in_netns`:
+/// `/proc/thread-self/net`, not `/proc/self/net`, which is the main thread's namespace).
+fn syn_retransmits() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")
+        .context("reading /proc/thread-self/net/netstat")?;
+    let mut tcp_ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (tcp_ext.next(), tcp_ext.next()) else {
+        bail!("/proc/thread-self/net/netstat has no TcpExt lines");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "TCPSynRetrans")
+        .context("no TCPSynRetrans in /proc/thread-self/net/netstat")?
+        .1
+        .parse()
+        .context("TCPSynRetrans is not a number")
 }
 
 /// One connection: connect, read the reply until the server closes, close.
