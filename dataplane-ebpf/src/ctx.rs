@@ -114,8 +114,12 @@ impl Packet for Tc<'_> {
 
     #[inline(always)]
     fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), ()> {
-        // Within the linear area: a direct write (the kernel's TC prologue has unshared a
-        // cloned header before the program ran), not a helper call per field.
+        // Within the linear area: a direct write, not a helper call per field. The price:
+        // a program with direct writes gets the kernel's unclone prologue, which calls
+        // bpf_skb_pull_data(skb, 0) before the program on every skb with the cloned bit set
+        // (TCP's transmit clones included; it copies nothing when the header is writable,
+        // and drops the packet if unsharing fails for want of memory), whether or not this
+        // packet is then rewritten.
         match self.ptr_mut::<T>(off) {
             Ok(p) => {
                 unsafe { core::ptr::write_unaligned(p, *v) };
