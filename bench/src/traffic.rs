@@ -28,6 +28,8 @@ use crate::report::Figure;
 const SECTION: &str = "traffic";
 /// Port the backends answer requests on (reply: the pod's name).
 const REQ_PORT: u16 = 8080;
+/// Port the backends answer the no-proxy baseline's requests on (see `run_scale`, (d)).
+const DIRECT_REQ_PORT: u16 = 8081;
 /// Port the backends stream bulk data on.
 const BULK_PORT: u16 = 5001;
 /// Service ports of the measured service.
@@ -107,6 +109,9 @@ struct Measured {
     backends_seen: usize,
     bulk_gbit_per_s: f64,
     bulk_bytes: u64,
+    /// SYNs the client retransmitted during the timed connections (`TcpExtTCPSynRetrans`):
+    /// each one is a connection that waited for a retransmission timer.
+    syn_retransmits: u64,
 }
 
 /// The services of one scale: `n - 1` unused ones, then the measured one (two ports).
@@ -134,6 +139,7 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
     let mut bed = TestBed::new()?;
     let client = bed.add_pod("client", "skbc", Some(CLIENT_IP), None)?;
     let mut backend_ips = Vec::new();
+    let mut backend_pods = Vec::new();
     let mut servers = Vec::new();
     let mut streams = Vec::new();
     for i in 0..BACKENDS {
@@ -152,6 +158,7 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
             budget.bulk_time,
         )?);
         backend_ips.push(addr);
+        backend_pods.push(pod);
     }
     let (svcs, vip4) = services(n, &backend_ips);
     let vip = IpAddr::V4(vip4);
@@ -252,16 +259,37 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
         }
     }
 
-    // (d) no proxy: straight to the backend pods, rotating over them.
+    // (d) no proxy: straight to the backend pods, rotating over them, on a port of their
+    // own. The proxied variants' connections (client -> vip:80, DNAT to backend:8080) leave
+    // about a thousand TIME_WAIT sockets per backend on backend:8080. They all went to one
+    // destination, so the client's ephemeral ports walked forward through one sequence; direct
+    // connections to the backends draw their ports from other sequences (the kernel offsets
+    // them per destination), so some land on a tuple still in TIME_WAIT. Its PAWS check
+    // (timestamps have a per-address-pair offset, and vip != backend) rejects the SYN, the
+    // client resets and resends it after TCP_TIMEOUT_MIN (2 jiffies, 8 ms at HZ=250): ~2 % of
+    // the connections took 11 ms and capped the "ceiling" at a third of the proxies' rate
+    // (the SYN retransmissions in the note). Servers that only this variant connects to
+    // start it with no TIME_WAIT of its tuples, like the proxies' first variant.
     {
+        let mut direct = Vec::new();
+        for pod in &backend_pods {
+            direct.push(tcp_server(
+                pod.ns(),
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                DIRECT_REQ_PORT,
+                &pod.name,
+            )?);
+        }
         let bes: Vec<IpAddr> = backend_ips.iter().map(|a| IpAddr::V4(*a)).collect();
-        let m = measure(&cns, &bes, REQ_PORT, BULK_PORT, budget)?;
+        let m = measure(&cns, &bes, DIRECT_REQ_PORT, BULK_PORT, budget)?;
+        drop(direct);
         results.push((
             "noproxy",
             m,
-            "client pod to the backend pods' IPs directly (round robin), no netfilter rules, \
-             no BPF"
-                .into(),
+            format!(
+                "client pod to the backend pods' IPs directly (round robin) on port \
+                 {DIRECT_REQ_PORT}, which no other variant connected to; no netfilter rules, no BPF"
+            ),
         ));
     }
     drop(servers);
@@ -278,8 +306,8 @@ fn run_scale(n: usize, budget: Budget) -> Result<Vec<Figure>> {
     for (variant, m, note) in &results {
         let base = format!("{variant}_{n}_services");
         let detail = format!(
-            "{note}; {} connections ({} failed), {} backends answered",
-            m.connections, m.failures, m.backends_seen
+            "{note}; {} connections ({} failed, {} SYN retransmissions), {} backends answered",
+            m.connections, m.failures, m.syn_retransmits, m.backends_seen
         );
         figures.push(fig(
             format!("{base}_connections_per_s"),
@@ -397,10 +425,11 @@ fn measure(
         .map(|a| SocketAddr::new(*a, req_port))
         .collect();
     let to = targets[0];
-    let (lat, failures, backends, total) = in_netns(ns, || {
+    let (lat, failures, backends, total, syn_retransmits) = in_netns(ns, || {
         for i in 0..b.warmup {
             let _ = exchange(targets[i % targets.len()]);
         }
+        let retrans0 = syn_retransmits()?;
         let mut lat = Vec::with_capacity(b.connections);
         let mut failures = 0;
         let mut backends = std::collections::BTreeSet::new();
@@ -422,7 +451,9 @@ fn measure(
                 );
             }
         }
-        Ok((lat, failures, backends.len(), start.elapsed()))
+        let total = start.elapsed();
+        let retrans = syn_retransmits()?.saturating_sub(retrans0);
+        Ok((lat, failures, backends.len(), total, retrans))
     })?;
     if lat.is_empty() {
         bail!("{to}: no connection succeeded");
@@ -445,7 +476,27 @@ fn measure(
         backends_seen: backends,
         bulk_gbit_per_s: bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,
         bulk_bytes: bytes,
+        syn_retransmits,
     })
+}
+
+/// The calling thread's network namespace's `TcpExtTCPSynRetrans` (inside `in_netns`:
+/// `/proc/thread-self/net`, not `/proc/self/net`, which is the main thread's namespace).
+fn syn_retransmits() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")
+        .context("reading /proc/thread-self/net/netstat")?;
+    let mut tcp_ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (tcp_ext.next(), tcp_ext.next()) else {
+        bail!("/proc/thread-self/net/netstat has no TcpExt lines");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "TCPSynRetrans")
+        .context("no TCPSynRetrans in /proc/thread-self/net/netstat")?
+        .1
+        .parse()
+        .context("TCPSynRetrans is not a number")
 }
 
 /// One connection: connect, read the reply until the server closes, close.

@@ -5,8 +5,8 @@
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{
-        bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_change_tail, bpf_skb_load_bytes,
-        bpf_skb_pull_data, bpf_skb_store_bytes, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_l4_csum_replace, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data,
+        bpf_skb_store_bytes, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
     },
     programs::{TcContext, XdpContext},
 };
@@ -65,6 +65,37 @@ pub fn load<C: Packet, T: Copy>(ctx: &C, off: usize) -> Option<T> {
 
 pub struct Tc<'a>(pub &'a TcContext);
 
+impl Tc<'_> {
+    /// A pointer to a `T` at `off` in the linear area (bounds checked beside the access).
+    #[inline(always)]
+    fn ptr_mut<T>(&self, off: usize) -> Result<*mut T, ()> {
+        let start = self.data();
+        if start + off + core::mem::size_of::<T>() > self.data_end() {
+            return Err(());
+        }
+        Ok((start + off) as *mut T)
+    }
+
+    /// `bpf_skb_store_bytes`: works beyond the linear area too.
+    #[inline(always)]
+    fn store_bytes<T: Copy>(&self, off: usize, v: &T) -> Result<(), ()> {
+        let r = unsafe {
+            bpf_skb_store_bytes(
+                self.0.skb.skb,
+                off as u32,
+                v as *const T as *const _,
+                core::mem::size_of::<T>() as u32,
+                0,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
+
 impl Packet for Tc<'_> {
     const SCTP_CRC_MAY_BE_PENDING: bool = true;
 
@@ -95,31 +126,33 @@ impl Packet for Tc<'_> {
 
     #[inline(always)]
     fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), ()> {
-        let r = unsafe {
-            bpf_skb_store_bytes(
-                self.0.skb.skb,
-                off as u32,
-                v as *const T as *const _,
-                core::mem::size_of::<T>() as u32,
-                0,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(())
+        // Within the linear area: a direct write, not a helper call per field. The price:
+        // a program with direct writes gets the kernel's unclone prologue, which calls
+        // bpf_skb_pull_data(skb, 0) before the program on every skb with the cloned bit set
+        // (TCP's transmit clones included; it copies nothing when the header is writable,
+        // and drops the packet if unsharing fails for want of memory), whether or not this
+        // packet is then rewritten.
+        match self.ptr_mut::<T>(off) {
+            Ok(p) => {
+                unsafe { core::ptr::write_unaligned(p, *v) };
+                Ok(())
+            }
+            Err(()) => self.store_bytes(off, v),
         }
     }
 
     #[inline(always)]
     fn l3_csum_replace(&self, off: usize, from: u32, to: u32) -> Result<(), ()> {
-        let r =
-            unsafe { bpf_l3_csum_replace(self.0.skb.skb, off as u32, from as u64, to as u64, 4) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(())
+        // The IPv4 header checksum is always complete in the packet (no offload state to
+        // respect; its change cancels the address's in a CHECKSUM_COMPLETE skb->csum, which
+        // bpf_l3_csum_replace leaves alone too): updated in software. Callers only change
+        // headers `parse` read directly, so the field is in the linear area.
+        let p = self.ptr_mut::<u16>(off)?;
+        unsafe {
+            let old = core::ptr::read_unaligned(p);
+            core::ptr::write_unaligned(p, checksum::replace4(old, from, to));
         }
+        Ok(())
     }
 
     #[inline(always)]
@@ -149,7 +182,7 @@ impl Packet for Tc<'_> {
 
     #[inline(always)]
     fn store_buf<const N: usize>(&self, off: usize, src: &[u8; N]) -> Result<(), ()> {
-        self.store(off, src)
+        self.store_bytes(off, src)
     }
 
     #[inline(always)]

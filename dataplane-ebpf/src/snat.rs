@@ -29,7 +29,7 @@ use dataplane_common::{
 
 use crate::{
     conntrack::{self, key, state_bits},
-    ctx::Packet,
+    ctx::{Packet, Tc},
     icmp_nat,
     maps::{NetKey, CONNTRACK, MASQ_ADDRS, POD_NETS, SCRATCH, SNAT},
     nat,
@@ -101,10 +101,12 @@ pub fn reply<C: Packet>(ctx: &C, flow: &Flow, ct: &CtValue) -> Reason {
 /// TC egress on an external interface: the source rewrite of masqueraded connections (and
 /// the node port allocation of new ones). Everything else leaves untouched: this is all of
 /// the node's traffic, never dropped here unless a rewrite fails.
-// A subprogram, so that the program's own frame stays small (see `icmp_nat::stash`).
+/// (TC only: parsing is the `parse_tc` subprogram, whose temporaries stay out of this
+/// frame, which the rewrites need; and this is a subprogram itself, so that the program's own
+/// frame stays small, see `icmp_nat::stash`.)
 #[inline(never)]
-pub fn egress<C: Packet>(ctx: &C) -> Reason {
-    let flow = match parse::parse(ctx) {
+pub fn egress(ctx: &Tc) -> Reason {
+    let flow = match parse::parse_tc(ctx) {
         Ok(Parsed::Flow(f)) => f,
         Ok(Parsed::NotIp) => return Reason::PassNotIp,
         Ok(Parsed::Fragment) => return Reason::PassFragment,
