@@ -14,14 +14,12 @@
 //! - (P, N, b, n), `CT_F_REPLY`: destination to P:c, source to F:f.
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect};
-use dataplane_common::{
-    Backend, CtValue, Reason, CT_F_DNAT, CT_F_HAIRPIN, CT_F_REPLY, CT_F_SNAT, MASQ_V4, MASQ_V6,
-};
+use dataplane_common::{Backend, CtValue, Reason, CT_F_DNAT, CT_F_HAIRPIN, CT_F_REPLY, CT_F_SNAT};
 
 use crate::{
     conntrack::{key, state_bits},
     ctx::{load, Packet, Tc},
-    maps::{CONNTRACK, MASQ_ADDRS, SCRATCH},
+    maps::{CONNTRACK, SCRATCH},
     nat,
     parse::Flow,
     snat,
@@ -32,13 +30,9 @@ use crate::{
 // A subprogram (the caller's frame is nearly full), without the rewrite for the same reason.
 #[inline(never)]
 pub fn track(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Reason {
-    let family = if flow.v6 { MASQ_V6 } else { MASQ_V4 };
-    let Some(node) = MASQ_ADDRS.get(family).copied() else {
+    let Some(node) = snat::node_address(flow.v6) else {
         return Reason::DropNoMasqAddress;
     };
-    if node == [0; 16] {
-        return Reason::DropNoMasqAddress;
-    }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Reason::DropCtFull;
     };

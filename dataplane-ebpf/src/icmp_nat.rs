@@ -9,7 +9,7 @@
 //! every byte changed (with the pseudo-header for ICMPv6). The quoted packet's own TCP/UDP
 //! checksum is left as it was: it may not even be in the quote, and no receiver checks it.
 
-use aya_ebpf::{helpers::bpf_csum_diff, maps::LruHashMap};
+use aya_ebpf::maps::LruHashMap;
 use dataplane_common::{
     CtKey, CtValue, Reason, CT_F_DNAT, CT_F_SNAT, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
@@ -180,21 +180,7 @@ fn quoted_addr_v6<C: Packet>(
         return Err(());
     }
     let off = q.l3_off + if src { 8 } else { 24 };
-    let mut from: [u8; 16] = load(ctx, off).ok_or(())?;
-    let mut to = *new;
-    let diff = unsafe {
-        bpf_csum_diff(
-            from.as_mut_ptr() as *mut u32,
-            16,
-            to.as_mut_ptr() as *mut u32,
-            16,
-            0,
-        )
-    };
-    if diff < 0 {
-        return Err(());
-    }
-    ctx.store(off, new)?;
+    let diff = nat::replace16(ctx, off, new)?;
     // Payload bytes of the ICMPv6 message, not its pseudo-header.
-    ctx.l4_csum_replace(icmp_csum, 0, diff as u32, 0, 0)
+    ctx.l4_csum_replace(icmp_csum, 0, diff, 0, 0)
 }

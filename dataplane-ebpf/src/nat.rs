@@ -64,6 +64,17 @@ fn rewrite_addr_v6<C: Packet>(
     new: &[u8; 16],
 ) -> Result<(), ()> {
     let off = flow.l3_off + if is_src { 8 } else { 24 };
+    let diff = replace16(ctx, off, new)?;
+    if let Some((csum_off, flags)) = l4_csum(flow) {
+        ctx.l4_csum_replace(csum_off, 0, diff, 0, flags | CSUM_PSEUDO)?;
+    }
+    Ok(())
+}
+
+/// Write the 16 bytes at `off` (an IPv6 address) with `new`: the one's-complement difference
+/// to fold into the checksums that cover them.
+#[inline(always)]
+pub fn replace16<C: Packet>(ctx: &C, off: usize, new: &[u8; 16]) -> Result<u32, ()> {
     let mut from: [u8; 16] = load(ctx, off).ok_or(())?;
     let mut to = *new;
     let diff = unsafe {
@@ -79,10 +90,7 @@ fn rewrite_addr_v6<C: Packet>(
         return Err(());
     }
     ctx.store(off, new)?;
-    if let Some((csum_off, flags)) = l4_csum(flow) {
-        ctx.l4_csum_replace(csum_off, 0, diff as u32, 0, flags | CSUM_PSEUDO)?;
-    }
-    Ok(())
+    Ok(diff as u32)
 }
 
 #[inline(always)]

@@ -136,13 +136,9 @@ pub fn egress(ctx: &Tc) -> Reason {
 /// track the reply direction, and rewrite the source.
 #[inline(always)]
 fn first_packet<C: Packet>(ctx: &C, flow: &Flow, now: u64) -> Reason {
-    let family = if flow.v6 { MASQ_V6 } else { MASQ_V4 };
-    let Some(node) = MASQ_ADDRS.get(family).copied() else {
+    let Some(node) = node_address(flow.v6) else {
         return Reason::DropNoMasqAddress;
     };
-    if node == [0; 16] {
-        return Reason::DropNoMasqAddress;
-    }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Reason::DropCtFull;
     };
@@ -207,6 +203,16 @@ fn first_packet<C: Packet>(ctx: &C, flow: &Flow, now: u64) -> Reason {
         Ok(()) => Reason::NatMasqSource,
         Err(()) => Reason::DropNatFailed,
     }
+}
+
+/// The node address masqueraded traffic of this family leaves with, if the node has one.
+#[inline(always)]
+pub fn node_address(v6: bool) -> Option<[u8; 16]> {
+    let family = if v6 { MASQ_V6 } else { MASQ_V4 };
+    MASQ_ADDRS
+        .get(family)
+        .copied()
+        .filter(|addr| *addr != [0; 16])
 }
 
 /// Claim a node port for the reply entry prepared in `s` (key without its destination

@@ -678,7 +678,7 @@ fn attempt(
 }
 
 #[test]
-fn service_without_endpoints_and_undefined_ports_are_refused_at_once() -> Result<()> {
+fn refusals_arrive_at_once_and_a_pod_reaches_itself_through_its_service() -> Result<()> {
     require_root();
     let _serial = serial();
     let node = Node::start(1, |b| {
@@ -711,49 +711,7 @@ fn service_without_endpoints_and_undefined_ports_are_refused_at_once() -> Result
                     &[],
                 ),
             ),
-        ]
-    })?;
-    node.wait_ready(ip(VIP), 80)?;
-    let refused = std::io::ErrorKind::ConnectionRefused;
-    for (proto, to) in [
-        // No endpoints: TCP RST / ICMP port unreachable from the datapath.
-        ("tcp", "10.96.0.20:80"),
-        ("tcp", "[fd00:96::20]:80"),
-        ("udp", "10.96.0.53:53"),
-        ("udp", "[fd00:96::53]:53"),
-        // A port the ClusterIP does not define (kube-proxy's cluster-ips-check).
-        ("tcp", "10.96.0.10:81"),
-        ("udp", "[fd00:96::10]:80"),
-    ] {
-        let (kind, took) = attempt(node.client.ns(), proto, to.parse()?)?;
-        assert_eq!(kind, refused, "{proto} to {to}");
-        assert!(
-            took < Duration::from_secs(1),
-            "{proto} to {to} refused after {took:?}"
-        );
-    }
-    // An address of serviceCIDRs no Service holds: dropped, the client times out.
-    let (kind, _) = attempt(node.client.ns(), "tcp", "10.96.0.99:80".parse()?)?;
-    assert_eq!(kind, std::io::ErrorKind::TimedOut);
-    // The service with endpoints still answers.
-    let t = tcp_round(node.client.ns(), ip(VIP), 80, 5, TIMEOUT)?;
-    assert_eq!(t.failures, 0, "{:?}", t.errors);
-    Ok(())
-}
-
-/// A backend's own ICMP port unreachable (nothing listens on the target port) reaches the
-/// client as the service's: a connected UDP socket sees ECONNREFUSED at once, not a timeout.
-/// And a pod reaches itself through its own service (hairpin).
-#[test]
-fn closed_udp_backend_port_is_refused_and_a_pod_reaches_itself_through_its_service() -> Result<()> {
-    require_root();
-    let _serial = serial();
-    let node = Node::start(1, |b| {
-        vec![
-            (
-                "web.yaml".into(),
-                service("web", VIP, Some(VIP6), 80, "TCP", 8080, b),
-            ),
+            // An endpoint, but nothing listens on its UDP port 5454.
             (
                 "closed.yaml".into(),
                 service(
@@ -769,14 +727,33 @@ fn closed_udp_backend_port_is_refused_and_a_pod_reaches_itself_through_its_servi
         ]
     })?;
     node.wait_ready(ip(VIP), 80)?;
-    for to in ["10.96.0.54:54", "[fd00:96::54]:54"] {
-        let (kind, took) = attempt(node.client.ns(), "udp", to.parse()?)?;
-        assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "udp to {to}");
+    let refused = std::io::ErrorKind::ConnectionRefused;
+    for (proto, to) in [
+        // No endpoints: TCP RST / ICMP port unreachable from the datapath.
+        ("tcp", "10.96.0.20:80"),
+        ("tcp", "[fd00:96::20]:80"),
+        ("udp", "10.96.0.53:53"),
+        ("udp", "[fd00:96::53]:53"),
+        // A port the ClusterIP does not define (kube-proxy's cluster-ips-check).
+        ("tcp", "10.96.0.10:81"),
+        ("udp", "[fd00:96::10]:80"),
+        // The backend's own port unreachable, translated back to the service address.
+        ("udp", "10.96.0.54:54"),
+        ("udp", "[fd00:96::54]:54"),
+    ] {
+        let (kind, took) = attempt(node.client.ns(), proto, to.parse()?)?;
+        assert_eq!(kind, refused, "{proto} to {to}");
         assert!(
             took < Duration::from_secs(1),
-            "udp to {to} refused after {took:?}"
+            "{proto} to {to} refused after {took:?}"
         );
     }
+    // An address of serviceCIDRs no Service holds: dropped, the client times out.
+    let (kind, _) = attempt(node.client.ns(), "tcp", "10.96.0.99:80".parse()?)?;
+    assert_eq!(kind, std::io::ErrorKind::TimedOut);
+    // The service with endpoints still answers, its backend too (hairpin).
+    let t = tcp_round(node.client.ns(), ip(VIP), 80, 5, TIMEOUT)?;
+    assert_eq!(t.failures, 0, "{:?}", t.errors);
     let be = &node.backends[0];
     for vip in [VIP, VIP6] {
         let answer = tcp_connect_once(be.ns(), ip(vip), 80, TIMEOUT)?;
