@@ -116,6 +116,8 @@ struct Target {
     keys: Vec<String>,
     limit: f64,
     unit: &'static str,
+    /// The measure must reach the limit (a rate) rather than stay under it (a cost).
+    at_least: bool,
 }
 
 fn targets(figs: &[Figure]) -> Vec<Target> {
@@ -142,42 +144,49 @@ fn targets(figs: &[Figure]) -> Vec<Target> {
             keys: largest_ratio("datapath_tc_clusterip_established_"),
             limit: 1.2,
             unit: "x",
+            at_least: false,
         },
         Target {
             what: "TC established, 10,000 services vs baseline",
             keys: vec![vs_baseline(10_000), vs_baseline(5_000)],
             limit: 3.0,
             unit: "x",
+            at_least: false,
         },
         Target {
             what: "XDP external, largest scale vs 10 services",
             keys: largest_ratio("datapath_xdp_clusterip_external_established_"),
             limit: 1.2,
             unit: "x",
+            at_least: false,
         },
         Target {
             what: "XDP NodePort established, largest scale vs 10 services",
             keys: largest_ratio("datapath_xdp_nodeport_established_"),
             limit: 1.2,
             unit: "x",
+            at_least: false,
         },
         Target {
             what: "XDP NodePort established, 10,000 services vs baseline",
             keys: vec!["datapath_xdp_nodeport_established_10000_services_vs_baseline_ratio".into()],
             limit: 3.0,
             unit: "x",
+            at_least: false,
         },
         Target {
             what: "NetworkPolicy new connection at the to-pod hook, most policies vs 1",
             keys: largest_policy_ratio(figs, "datapath_tc_to_pod_new_connection_"),
             limit: 1.1,
             unit: "x",
+            at_least: false,
         },
         Target {
             what: "NetworkPolicy new connection at the from-pod hook, most policies vs 1",
             keys: largest_policy_ratio(figs, "datapath_tc_from_pod_new_connection_"),
             limit: 1.1,
             unit: "x",
+            at_least: false,
         },
     ];
     for n in [10_000u32, 5_000, 2_000] {
@@ -195,6 +204,7 @@ fn targets(figs: &[Figure]) -> Vec<Target> {
             keys: vec![format!("control_full_sync_{tag}_total_ms")],
             limit: 2000.0,
             unit: "ms",
+            at_least: false,
         });
         t.push(Target {
             what: "one endpoint change p99 (translate+diff+write)",
@@ -203,19 +213,51 @@ fn targets(figs: &[Figure]) -> Vec<Target> {
             )],
             limit: 50.0,
             unit: "ms",
+            at_least: false,
         });
         t.push(Target {
             what: "one endpoint change p99 (manifests dir)",
             keys: vec![format!("control_endpoint_change_dir_rescan_{tag}_p99_ms")],
             limit: 50.0,
             unit: "ms",
+            at_least: false,
         });
         t.push(Target {
             what: "agent peak RSS",
             keys: vec![format!("control_agent_peak_rss_{tag}_mib")],
             limit: 150.0,
             unit: "MiB",
+            at_least: false,
         });
+    }
+    // Real traffic: new connections per second, as ratios measured side by side.
+    if figs
+        .iter()
+        .any(|f| f.full_key() == "traffic_skiff_vs_iptables_10000_services_connections_ratio")
+    {
+        t.push(Target {
+            what: "connections/s vs the iptables layout, 10,000 services",
+            keys: vec!["traffic_skiff_vs_iptables_10000_services_connections_ratio".into()],
+            limit: 2.0,
+            unit: "x",
+            at_least: true,
+        });
+    }
+    for (n, what) in [
+        (100u32, "connections/s vs no proxy, 100 services"),
+        (1_000, "connections/s vs no proxy, 1,000 services"),
+        (10_000, "connections/s vs no proxy, 10,000 services"),
+    ] {
+        let key = format!("traffic_skiff_vs_noproxy_{n}_services_connections_ratio");
+        if figs.iter().any(|f| f.full_key() == key) {
+            t.push(Target {
+                what,
+                keys: vec![key],
+                limit: 0.85,
+                unit: "x",
+                at_least: true,
+            });
+        }
     }
     t
 }
@@ -251,29 +293,46 @@ fn target_lines(figs: &[Figure]) -> Vec<String> {
             });
             match found {
                 Some((k, v)) => {
-                    let met = v <= t.limit;
+                    let met = if t.at_least {
+                        v >= t.limit
+                    } else {
+                        v <= t.limit
+                    };
                     let pct = (v / t.limit - 1.0) * 100.0;
+                    let verdict = match (met, t.at_least) {
+                        (true, false) => format!("met ({:.0}% under)", -pct),
+                        (true, true) => format!("met ({pct:.0}% over)"),
+                        (false, false) => format!("**missed** by {pct:.0}%"),
+                        (false, true) => format!("**missed** by {:.0}%", -pct),
+                    };
                     format!(
-                        "| {} | < {} {} | {:.2} {} (`{k}`) | {} |",
+                        "| {} | {} {} {} | {:.2} {} (`{k}`) | {verdict} |",
                         t.what,
+                        relation(t.at_least),
                         t.limit,
                         t.unit,
                         v,
                         t.unit,
-                        if met {
-                            format!("met ({:.0}% under)", -pct)
-                        } else {
-                            format!("**missed** by {pct:.0}%")
-                        }
                     )
                 }
                 None => format!(
-                    "| {} | < {} {} | not measured | — |",
-                    t.what, t.limit, t.unit
+                    "| {} | {} {} {} | not measured | — |",
+                    t.what,
+                    relation(t.at_least),
+                    t.limit,
+                    t.unit
                 ),
             }
         })
         .collect()
+}
+
+fn relation(at_least: bool) -> &'static str {
+    if at_least {
+        "≥"
+    } else {
+        "<"
+    }
 }
 
 fn read(path: &str) -> String {
@@ -464,4 +523,37 @@ pub fn finish(figs: &[Figure], info: &RunInfo, root: &Path) -> Result<()> {
         info.duration.as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_must_reach_their_target_and_costs_stay_under_it() {
+        let figs = vec![
+            Figure::new(
+                "traffic",
+                "skiff_vs_iptables_10000_services_connections_ratio",
+                1.7,
+                "",
+            ),
+            Figure::new(
+                "traffic",
+                "skiff_vs_noproxy_100_services_connections_ratio",
+                0.92,
+                "",
+            ),
+            Figure::new("control", "full_sync_10000_services_total_ms", 2500.0, ""),
+        ];
+        let lines = target_lines(&figs).join("\n");
+        assert!(
+            lines.contains("| ≥ 2 x | 1.70 x") && lines.contains("**missed** by 15%"),
+            "{lines}"
+        );
+        assert!(lines.contains("| ≥ 0.85 x | 0.92 x"), "{lines}");
+        assert!(lines.contains("met (8% over)"), "{lines}");
+        assert!(lines.contains("| < 2000 ms | 2500.00 ms"), "{lines}");
+        assert!(lines.contains("**missed** by 25%"), "{lines}");
+    }
 }
