@@ -3,13 +3,14 @@
 //! skbs, which pods' veth traffic is), XDP updates checksums in software (`checksum`).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     helpers::{
-        bpf_l4_csum_replace, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data,
-        bpf_skb_store_bytes, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_skb_pull_data, bpf_skb_store_bytes, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
     },
     programs::{TcContext, XdpContext},
 };
+use dataplane_common::Reason;
 
 use crate::checksum;
 
@@ -65,7 +66,25 @@ pub fn load<C: Packet, T: Copy>(ctx: &C, off: usize) -> Option<T> {
 
 pub struct Tc<'a>(pub &'a TcContext);
 
+/// TC_ACT_UNSPEC: no opinion, the next TCX program (or the stack) decides.
+pub const TC_ACT_NEXT: i32 = -1;
+
 impl Tc<'_> {
+    /// What a TC program returns for a packet counted as `reason`: a reject reply (the packet
+    /// rewritten, MACs swapped) goes back out of the interface it came in by; drops are shot;
+    /// anything else goes on.
+    #[inline(always)]
+    pub fn action(&self, reason: Reason) -> i32 {
+        if reason.is_reject() {
+            let ifindex = unsafe { (*self.0.skb.skb).ifindex };
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        } else if reason.is_drop() {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_NEXT
+        }
+    }
+
     /// A pointer to a `T` at `off` in the linear area (bounds checked beside the access).
     #[inline(always)]
     fn ptr_mut<T>(&self, off: usize) -> Result<*mut T, ()> {

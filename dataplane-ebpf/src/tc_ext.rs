@@ -2,14 +2,11 @@
 //! after the kernel has routed the packet, so it never sees one of its own addresses as
 //! the source of a packet it receives.
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use dataplane_common::Reason;
 
 use crate::{ctx::Tc, icmp_nat, maps::SNAT, snat, stats};
-
-/// TC_ACT_UNSPEC: no opinion, the next TCX program (or the stack) decides.
-const TC_ACT_NEXT: i32 = -1;
 
 #[classifier]
 pub fn skiff_tc_ext(ctx: TcContext) -> i32 {
@@ -19,9 +16,5 @@ pub fn skiff_tc_ext(ctx: TcContext) -> i32 {
         r => r,
     };
     stats::count(reason);
-    if reason.is_drop() {
-        TC_ACT_SHOT
-    } else {
-        TC_ACT_NEXT
-    }
+    tc.action(reason)
 }

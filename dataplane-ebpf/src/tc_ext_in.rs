@@ -3,9 +3,7 @@
 //! XDP would run at the same point, after the skb is allocated, but may have to copy and
 //! linearise each one; TC works on the skb as it is and keeps checksum offload state right.
 
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT, helpers::bpf_redirect, macros::classifier, programs::TcContext,
-};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use dataplane_common::Reason;
 
@@ -16,9 +14,6 @@ use crate::{
     parse::{self, Flow, Parsed},
     service, stats,
 };
-
-/// TC_ACT_UNSPEC: no opinion, the next TCX program (or the stack) decides.
-const TC_ACT_NEXT: i32 = -1;
 
 #[classifier]
 pub fn skiff_tc_ext_in(ctx: TcContext) -> i32 {
@@ -36,16 +31,7 @@ pub fn skiff_tc_ext_in(ctx: TcContext) -> i32 {
         Err(r) => *r,
     };
     stats::count(reason);
-    if reason.is_reject() {
-        // The packet is now the reply (MACs swapped): back out of the interface it came in by.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        return unsafe { bpf_redirect(ifindex, 0) } as i32;
-    }
-    if reason.is_drop() {
-        TC_ACT_SHOT
-    } else {
-        TC_ACT_NEXT
-    }
+    tc.action(reason)
 }
 
 /// The service pipeline with external-scope frontends first, in a frame of its own.

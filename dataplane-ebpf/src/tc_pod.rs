@@ -2,9 +2,7 @@
 //! translates pods' connections to services and, on the backend pod's veth, their replies,
 //! then enforces the pod's egress NetworkPolicy on the translated flow.
 
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT, helpers::bpf_redirect, macros::classifier, programs::TcContext,
-};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use dataplane_common::Reason;
 
 use crate::{
@@ -14,9 +12,6 @@ use crate::{
     parse::{self, Flow, Parsed},
     policy, service, stats,
 };
-
-/// TC_ACT_UNSPEC: no opinion, the next TCX program (or the stack) decides.
-const TC_ACT_NEXT: i32 = -1;
 
 #[classifier]
 pub fn skiff_tc_pod(ctx: TcContext) -> i32 {
@@ -47,16 +42,7 @@ pub fn skiff_tc_pod(ctx: TcContext) -> i32 {
     if reason == Reason::NatHairpin {
         return hairpin::back_into_pod(&tc);
     }
-    if reason.is_reject() {
-        // The packet is now the reply to the pod: back out of the veth it came in by.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        return unsafe { bpf_redirect(ifindex, 0) } as i32;
-    }
-    if reason.is_drop() {
-        TC_ACT_SHOT
-    } else {
-        TC_ACT_NEXT
-    }
+    tc.action(reason)
 }
 
 // Parsing (`parse::parse_tc`), the service pipeline and policy (`policy::enforce`) are

@@ -1,7 +1,7 @@
 //! TC egress on the host side of each pod's veth: sees every packet going into the pod, and
 //! enforces the pod's ingress NetworkPolicy.
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use dataplane_common::Reason;
 
 use crate::{
@@ -9,9 +9,6 @@ use crate::{
     parse::{self, Parsed},
     policy, stats,
 };
-
-/// TC_ACT_UNSPEC: no opinion, the next TCX program (or the stack) decides.
-const TC_ACT_NEXT: i32 = -1;
 
 #[classifier]
 pub fn skiff_tc_to_pod(ctx: TcContext) -> i32 {
@@ -23,9 +20,5 @@ pub fn skiff_tc_to_pod(ctx: TcContext) -> i32 {
         Err(r) => r,
     };
     stats::count(reason);
-    if reason.is_drop() {
-        TC_ACT_SHOT
-    } else {
-        TC_ACT_NEXT
-    }
+    tc.action(reason)
 }
