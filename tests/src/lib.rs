@@ -31,6 +31,7 @@ mod cgroup;
 mod net;
 mod netns;
 mod process;
+mod tempdir;
 mod underlay;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,7 @@ pub use netns::{
     NETNS_DIR,
 };
 pub use process::{netns_command, Process};
+pub use tempdir::TempDir;
 pub use underlay::{ExternalHost, Underlay, UNDERLAY_IF};
 
 /// Whether this process runs with effective uid 0.

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -11,7 +11,7 @@ use skiff::bpf::netlink::XdpAttached;
 use skiff::status::Hook;
 use skiff_testbed::{
     require_root, serial, skiff_bin, tcp_connect_once, tcp_echo_server, tcp_round, tcp_server,
-    udp_round, udp_server, LongLivedClient, Pod, PrivateBpffs, Process, Server, TestBed,
+    udp_round, udp_server, LongLivedClient, Pod, PrivateBpffs, Process, Server, TempDir, TestBed,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,28 +20,6 @@ const VIP6: &str = "fd00:96::10";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "skiff-e2e-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A ClusterIP service with one port (name `p`) and its EndpointSlices (IPv4 and IPv6).
@@ -200,16 +178,16 @@ impl Node {
             backends.push(pod);
         }
         // <tmp>/node.yaml beside <tmp>/manifests/: the config is not a manifest.
-        let scratch = TempDir::new();
-        let manifests = scratch.0.join("manifests");
+        let scratch = TempDir::new("e2e");
+        let manifests = scratch.join("manifests");
         std::fs::create_dir(&manifests)?;
         let refs: Vec<&Pod> = backends.iter().collect();
         for (file, yaml) in initial(&refs) {
             std::fs::write(manifests.join(file), yaml)?;
         }
-        let config = scratch.0.join("node.yaml");
-        std::fs::create_dir(scratch.0.join("state"))?;
-        let bpffs = PrivateBpffs::mount(scratch.0.join("bpffs"), skiff_bin())?;
+        let config = scratch.join("node.yaml");
+        std::fs::create_dir(scratch.join("state"))?;
+        let bpffs = PrivateBpffs::mount(scratch.join("bpffs"), skiff_bin())?;
         let pin_dir = bpffs.pin_dir();
         if external != External::None {
             let ext = bed.add_pod(
@@ -237,7 +215,7 @@ impl Node {
             pin_dir.into(),
             // status.json of this agent only (the default is the machine's /run/skiff).
             "--state-dir".into(),
-            scratch.0.join("state").into(),
+            scratch.join("state").into(),
         ];
         let agent = bed.spawn(bed.node(), agent_args[0].clone(), &agent_args[1..])?;
         Ok(Node {
@@ -255,7 +233,7 @@ impl Node {
 
     fn write(&self, file: &str, yaml: &str) -> Result<()> {
         // Write then rename, so the agent never reads half a file.
-        let tmp = self.scratch.0.join(format!("{file}.tmp"));
+        let tmp = self.scratch.join(format!("{file}.tmp"));
         std::fs::write(&tmp, yaml)?;
         std::fs::rename(&tmp, self.manifests.join(file))?;
         Ok(())
@@ -271,7 +249,7 @@ impl Node {
 
     /// What the running agent reports attached (its status.json), once it reports `iface`.
     fn attached(&self, iface: &str) -> Result<Vec<skiff::status::Attached>> {
-        let path = skiff::status::status_path(&self.scratch.0.join("state"));
+        let path = skiff::status::status_path(&self.scratch.join("state"));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(s) = skiff::status::AgentStatus::read(&path) {
@@ -325,7 +303,7 @@ impl Node {
 
     /// Restart the agent with `external` in its config.
     fn restart_with(&mut self, external: External) -> Result<()> {
-        std::fs::write(self.scratch.0.join("node.yaml"), node_config(external))?;
+        std::fs::write(self.scratch.join("node.yaml"), node_config(external))?;
         self.crash_and_restart_agent()
     }
 

@@ -4,13 +4,12 @@
 //! (the client's address kept). Needs root; fails, never skips.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use skiff_testbed::{
     require_root, serial, skiff_bin, spawn_in_netns, tcp_connect_once, Pod, PrivateBpffs, Process,
-    TestBed, Underlay, UNDERLAY_IF,
+    TempDir, TestBed, Underlay, UNDERLAY_IF,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,17 +54,12 @@ fn node_port(name: &str, n: u8, policy: &str, eps: &[(&Pod, &str)]) -> String {
     )
 }
 
-/// The agent of one node, with its own manifests, config and private bpffs.
+/// The agent of one node, with its own manifests, config and private bpffs. Field order is
+/// drop order: the agent stops, the bpffs is unmounted, then the directory goes.
 struct Agent {
     _agent: Process,
     _bpffs: PrivateBpffs,
-    dir: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: TempDir,
 }
 
 fn start_agent(
@@ -75,8 +69,7 @@ fn start_agent(
     ip6: Ipv6Addr,
     yaml: &str,
 ) -> Result<Agent> {
-    let dir = std::env::temp_dir().join(format!("skiff-e2e-masq-{}-{node}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new(&format!("e2e-masq-{node}"));
     std::fs::create_dir_all(dir.join("manifests"))?;
     std::fs::write(dir.join("manifests/svc.yaml"), yaml)?;
     let config = dir.join("node.yaml");
@@ -105,7 +98,7 @@ fn start_agent(
     Ok(Agent {
         _agent: agent,
         _bpffs: bpffs,
-        dir,
+        _dir: dir,
     })
 }
 

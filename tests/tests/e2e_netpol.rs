@@ -9,13 +9,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use skiff_testbed::{
     require_root, serial, skiff_bin, tcp_connect_once, tcp_echo_server, tcp_server, udp_request,
-    udp_server, LongLivedClient, Pod, PrivateBpffs, Process, Server, TestBed,
+    udp_server, LongLivedClient, Pod, PrivateBpffs, Process, Server, TempDir, TestBed,
 };
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
@@ -87,28 +86,6 @@ fn probes() -> Vec<Probe> {
     out
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "skiff-netpol-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Namespaces and pods of the model as manifests. Each pod names its container ports like
 /// the upstream tests (`serve-80-tcp`, ...) and also has a port named `web`, which is 80 on
 /// pods a and b but 81 on pods c: one named port that resolves differently per pod.
@@ -176,8 +153,8 @@ impl Cluster {
             servers.push(tcp_echo_server(pod.ns(), any, 9090, peer.name())?);
             pods.insert(peer, pod);
         }
-        let scratch = TempDir::new();
-        let manifests = scratch.0.join("manifests");
+        let scratch = TempDir::new("netpol");
+        let manifests = scratch.join("manifests");
         std::fs::create_dir(&manifests)?;
         std::fs::write(manifests.join("model.yaml"), model_manifests())?;
         let (bpffs, agent) = start_agent(&bed, &scratch, 2 * pods.len())?;
@@ -199,7 +176,7 @@ impl Cluster {
             .arg("--bpffs")
             .arg(self._bpffs.pin_dir())
             .arg("--state-dir")
-            .arg(self.scratch.0.join("state"))
+            .arg(self.scratch.join("state"))
             .args(args)
             .stdout(std::process::Stdio::piped())
             .spawn()?)
@@ -211,7 +188,7 @@ impl Cluster {
 
     /// Replace the policy set (one file): written then renamed, never read half-written.
     fn set_policies(&self, yaml: &str) -> Result<()> {
-        let tmp = self.scratch.0.join("policies.yaml.tmp");
+        let tmp = self.scratch.join("policies.yaml.tmp");
         std::fs::write(&tmp, yaml)?;
         std::fs::rename(&tmp, self.manifests.join("policies.yaml"))?;
         Ok(())
@@ -299,25 +276,25 @@ impl Cluster {
 // The bpffs comes first: bound in this order, the agent is dropped (stopped) before its pins
 // are cleaned up and the bpffs unmounted.
 fn start_agent(bed: &TestBed, scratch: &TempDir, links: usize) -> Result<(PrivateBpffs, Process)> {
-    let config = scratch.0.join("node.yaml");
+    let config = scratch.join("node.yaml");
     std::fs::write(
         &config,
         "nodeName: e2e-node\nnodeIPs: [192.0.2.1]\nclusterCIDRs: [10.244.0.0/16]\n\
          serviceCIDRs: [10.96.0.0/16]\npodInterfaces: [\"skp*\"]\n",
     )?;
-    let bpffs = PrivateBpffs::mount(scratch.0.join("bpffs"), skiff_bin())?;
+    let bpffs = PrivateBpffs::mount(scratch.join("bpffs"), skiff_bin())?;
     let args: Vec<std::ffi::OsString> = vec![
         "run".into(),
         "--config".into(),
         config.into(),
         "--manifests".into(),
-        scratch.0.join("manifests").into(),
+        scratch.join("manifests").into(),
         "--poll-ms".into(),
         "100".into(),
         "--bpffs".into(),
         bpffs.pin_dir().into(),
         "--state-dir".into(),
-        scratch.0.join("state").into(),
+        scratch.join("state").into(),
     ];
     let agent = bed.spawn(bed.node(), skiff_bin().into_os_string(), &args)?;
     wait_attached(&bpffs.pin_dir().join("links"), links)?;
@@ -628,8 +605,8 @@ fn netpol_connection_older_than_the_agent_survives_attach_and_a_deny_policy() ->
         Duration::from_secs(60),
     )?;
     std::thread::sleep(Duration::from_millis(300));
-    let scratch = TempDir::new();
-    let manifests = scratch.0.join("manifests");
+    let scratch = TempDir::new("netpol");
+    let manifests = scratch.join("manifests");
     std::fs::create_dir(&manifests)?;
     let pod = |name: &str, ip: &str| {
         format!(
