@@ -137,6 +137,24 @@ fn refresh<'a>(p: *mut CtValue, flow: &Flow, now: u64) -> Option<&'a CtValue> {
     Some(v)
 }
 
+/// An entry whose source translation restores the frontend `flow` addressed (`flags` say
+/// which direction and map it serves): the reply direction of a new translated connection,
+/// a masqueraded connection's pending egress entry, a hairpin's reply.
+#[inline(always)]
+pub fn frontend_as_source(flow: &Flow, backend_id: u32, now: u64, flags: u8) -> CtValue {
+    CtValue {
+        nat_src: flow.dst,
+        nat_dst: [0; 16],
+        nat_sport_be: flow.dport_be,
+        nat_dport_be: 0,
+        backend_id,
+        last_seen_ns: now,
+        flags,
+        tcp_state: 0,
+        _pad: [0; 6],
+    }
+}
+
 /// Track a new connection from `flow`'s client to `be`: the original direction translates the
 /// destination to the backend, the reply direction translates the source back. For a client
 /// outside the node (`external`) the reply is translated where it leaves the node (the
@@ -155,17 +173,7 @@ pub fn create(
     let s = SCRATCH.get_ptr_mut(0).ok_or(())?;
     let s = unsafe { &mut *s };
     s.key = key(be.addr, flow.src, be.port_be, flow.sport_be, flow.proto);
-    s.value = CtValue {
-        nat_src: flow.dst,
-        nat_dst: [0; 16],
-        nat_sport_be: flow.dport_be,
-        nat_dport_be: 0,
-        backend_id,
-        last_seen_ns: now,
-        flags: CT_F_REPLY | CT_F_SNAT,
-        tcp_state: 0,
-        _pad: [0; 6],
-    };
+    s.value = frontend_as_source(flow, backend_id, now, CT_F_REPLY | CT_F_SNAT);
     let reply = if external { &SNAT } else { &CONNTRACK };
     reply.insert(&s.key, &s.value, 0).map_err(|_| ())?;
     insert_original(s, flow, backend_id, be, now, CT_F_DNAT)

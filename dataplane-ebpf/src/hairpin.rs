@@ -17,7 +17,7 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect};
 use dataplane_common::{Backend, CtValue, Reason, CT_F_DNAT, CT_F_HAIRPIN, CT_F_REPLY, CT_F_SNAT};
 
 use crate::{
-    conntrack::{key, state_bits},
+    conntrack::{self, key, state_bits},
     ctx::{load, Packet, Tc},
     maps::{CONNTRACK, SCRATCH},
     nat,
@@ -41,15 +41,9 @@ pub fn track(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Reason {
     // The reply direction (P, N, b, n), its port still to choose.
     s.key = key(be.addr, node, be.port_be, 0, flow.proto);
     s.value = CtValue {
-        nat_src: flow.dst,
         nat_dst: flow.src,
-        nat_sport_be: flow.dport_be,
         nat_dport_be: flow.sport_be,
-        backend_id,
-        last_seen_ns: now,
-        flags: flags | CT_F_REPLY,
-        tcp_state: 0,
-        _pad: [0; 6],
+        ..conntrack::frontend_as_source(flow, backend_id, now, flags | CT_F_REPLY)
     };
     let Some(port_be) = snat::allocate(s, flow.proto, now) else {
         return Reason::DropSnatNoPort;

@@ -72,17 +72,7 @@ pub fn track_new(flow: &Flow, backend_id: u32, be: &Backend, now: u64) -> Result
     let s = SCRATCH.get_ptr_mut(0).ok_or(())?;
     let s = unsafe { &mut *s };
     s.key = key(flow.src, be.addr, flow.sport_be, be.port_be, flow.proto);
-    s.value = CtValue {
-        nat_src: flow.dst,
-        nat_dst: [0; 16],
-        nat_sport_be: flow.dport_be,
-        nat_dport_be: 0,
-        backend_id,
-        last_seen_ns: now,
-        flags: CT_F_MASQ,
-        tcp_state: 0,
-        _pad: [0; 6],
-    };
+    s.value = conntrack::frontend_as_source(flow, backend_id, now, CT_F_MASQ);
     SNAT.insert(&s.key, &s.value, 0).map_err(|_| ())?;
     conntrack::insert_original(s, flow, backend_id, be, now, CT_F_DNAT | CT_F_MASQ)
 }
